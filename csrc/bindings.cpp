@@ -1,0 +1,304 @@
+// fastllm._bpe: the Python binding of the C++ BPE core. Only glue lives here: converting str and
+// lists, releasing the GIL around the work, turning BpeError into ValueError. Validation and the
+// special-token policy are decided in fastllm/tokenizer.py.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <thread>
+
+#include "bpe.h"
+
+namespace py = pybind11;
+using fastllm::CoreBPE;
+using fastllm::SpecialPolicy;
+using fastllm::SpecialToken;
+
+void bind_train(py::module_& m);  // bind_train.cpp
+
+namespace {
+
+// ==== Conversions ====
+
+// The UTF-8 of a str. Lone surrogates cannot be encoded; like tiktoken, they become U+FFFD.
+struct Utf8 {
+  py::object owner;  // keeps the bytes alive
+  std::string_view view;
+};
+
+Utf8 utf8_of(py::handle obj) {
+  if (!PyUnicode_Check(obj.ptr()))
+    throw py::type_error(std::string("expected str, got ") + Py_TYPE(obj.ptr())->tp_name);
+  Py_ssize_t n = 0;
+  const char* p = PyUnicode_AsUTF8AndSize(obj.ptr(), &n);
+  if (p != nullptr) return Utf8{py::reinterpret_borrow<py::object>(obj), std::string_view(p, static_cast<size_t>(n))};
+  PyErr_Clear();
+  py::object fixed = obj.attr("encode")("utf-16", "surrogatepass").attr("decode")("utf-16", "replace");
+  p = PyUnicode_AsUTF8AndSize(fixed.ptr(), &n);
+  if (p == nullptr) throw py::error_already_set();
+  return Utf8{fixed, std::string_view(p, static_cast<size_t>(n))};
+}
+
+py::list to_list(const std::vector<uint32_t>& ids) {
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(ids.size()));
+  if (list == nullptr) throw py::error_already_set();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    PyObject* v = PyLong_FromUnsignedLong(ids[i]);
+    if (v == nullptr) {
+      Py_DECREF(list);
+      throw py::error_already_set();
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), v);
+  }
+  return py::reinterpret_steal<py::list>(list);
+}
+
+std::vector<uint32_t> ids_of(py::handle obj) {
+  py::object seq = py::reinterpret_steal<py::object>(PySequence_Fast(obj.ptr(), "token ids must be a sequence of int"));
+  if (!seq) throw py::error_already_set();
+  Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+  PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
+  std::vector<uint32_t> ids(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = items[i];
+    if (PyBool_Check(item) || PyFloat_Check(item))
+      throw py::type_error(std::string("token ids must be int, got ") + Py_TYPE(item)->tp_name);
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(item, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      throw py::type_error(std::string("token ids must be int, got ") + Py_TYPE(item)->tp_name);
+    }
+    if (overflow != 0 || v < 0 || v >= static_cast<long long>(CoreBPE::kNoToken))
+      throw py::value_error("token id " + py::str(item).cast<std::string>() + " is out of range");
+    ids[static_cast<size_t>(i)] = static_cast<uint32_t>(v);
+  }
+  return ids;
+}
+
+std::vector<SpecialToken> specials_of(const std::vector<std::tuple<std::string, uint32_t, bool>>& specials) {
+  std::vector<SpecialToken> out;
+  for (auto& [text, id, special] : specials) out.push_back(SpecialToken{text, id, special});
+  return out;
+}
+
+std::vector<SpecialPolicy> policy_of(const py::bytes& policy) {
+  std::string p = policy;
+  std::vector<SpecialPolicy> out;
+  for (char c : p) {
+    if (c > 2 || c < 0) throw py::value_error("bad special-token policy");
+    out.push_back(static_cast<SpecialPolicy>(c));
+  }
+  return out;
+}
+
+// ==== Batches ====
+
+// Runs fn(i) for i in [0, n) on up to `threads` threads (GIL released by the caller).
+template <typename Fn>
+void parallel_for(size_t n, size_t threads, Fn fn) {
+  threads = std::max<size_t>(1, std::min(threads, n));
+  if (threads == 1) {
+    for (size_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  std::exception_ptr error;
+  std::atomic<bool> failed{false};
+  auto worker = [&] {
+    try {
+      for (size_t i; (i = next.fetch_add(1)) < n && !failed.load();) fn(i);
+    } catch (...) {
+      if (!failed.exchange(true)) error = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+size_t default_threads(py::object num_threads) {
+  if (num_threads.is_none()) return std::max(1u, std::thread::hardware_concurrency());
+  long n = num_threads.cast<long>();
+  if (n < 1) throw py::value_error("num_threads must be >= 1, got " + std::to_string(n));
+  return static_cast<size_t>(n);
+}
+
+// Returns (ids per text, index of the first text with a disallowed special or -1, that special's index).
+py::tuple encode_batch(const CoreBPE& bpe, const py::list& texts, py::object policy, py::object num_threads) {
+  size_t n = texts.size(), threads = default_threads(num_threads);
+  std::vector<Utf8> utf8;
+  utf8.reserve(n);
+  for (auto t : texts) utf8.push_back(utf8_of(t));
+  bool ordinary = policy.is_none();
+  std::vector<SpecialPolicy> pol = ordinary ? std::vector<SpecialPolicy>{} : policy_of(policy.cast<py::bytes>());
+  std::vector<std::vector<uint32_t>> out(n);
+  std::vector<long> bad(n, -1);
+  {
+    py::gil_scoped_release release;
+    parallel_for(n, threads, [&](size_t i) {
+      if (ordinary) bpe.encode_ordinary(utf8[i].view, out[i]);
+      else bad[i] = bpe.encode(utf8[i].view, pol, out[i]);
+    });
+  }
+  for (size_t i = 0; i < n; ++i)
+    if (bad[i] >= 0) return py::make_tuple(py::none(), static_cast<long>(i), bad[i]);
+  py::list result(n);
+  for (size_t i = 0; i < n; ++i) result[i] = to_list(out[i]);
+  return py::make_tuple(result, -1, -1);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_bpe, m) {
+  m.doc() = "fastllm's C++ byte-level BPE core (use fastllm.tokenizer.Tokenizer)";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::invalid_argument& e) {  // BpeError and pattern errors
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+
+  using Specials = std::vector<std::tuple<std::string, uint32_t, bool>>;
+  py::class_<CoreBPE>(m, "CoreBPE")
+      .def_static(
+          "from_tiktoken_file",
+          [](const std::string& path, const Specials& specials, const std::string& pattern) {
+            return CoreBPE::from_ranks(fastllm::load_tiktoken_ranks(path), specials_of(specials), pattern);
+          },
+          py::arg("path"), py::arg("specials"), py::arg("pattern"), py::call_guard<py::gil_scoped_release>())
+      .def_static(
+          "from_gpt2_files",
+          [](const std::string& encoder_json, const std::string& vocab_bpe, const Specials& specials,
+             const std::string& pattern, bool endoftext_special) {
+            auto [vocab, merges] = fastllm::load_gpt2_files(encoder_json, vocab_bpe);
+            std::vector<SpecialToken> sp = specials_of(specials);
+            if (endoftext_special && sp.empty())  // GPT-2's vocabulary lists its one special token as a plain entry
+              for (auto& [tok, id] : vocab)
+                if (tok == "<|endoftext|>") sp.push_back(SpecialToken{tok, id, true});
+            return CoreBPE::from_merges(std::move(vocab), merges, std::move(sp), pattern);
+          },
+          py::arg("encoder_json"), py::arg("vocab_bpe"), py::arg("specials"), py::arg("pattern"),
+          py::arg("endoftext_special") = false, py::call_guard<py::gil_scoped_release>())
+      .def_static(
+          "from_ranks",
+          [](const std::vector<std::pair<py::bytes, uint32_t>>& ranks, const Specials& specials,
+             const std::string& pattern) {
+            CoreBPE::Vocab vocab;
+            for (auto& [b, id] : ranks) vocab.emplace_back(std::string(b), id);
+            return CoreBPE::from_ranks(std::move(vocab), specials_of(specials), pattern);
+          },
+          py::arg("ranks"), py::arg("specials"), py::arg("pattern"))
+      .def_static(
+          "from_merges",
+          [](const std::vector<std::pair<py::bytes, uint32_t>>& vocab, const CoreBPE::Merges& merges,
+             const Specials& specials, const std::string& pattern, bool ignore_merges) {
+            CoreBPE::Vocab v;
+            for (auto& [b, id] : vocab) v.emplace_back(std::string(b), id);
+            return CoreBPE::from_merges(std::move(v), merges, specials_of(specials), pattern, ignore_merges);
+          },
+          py::arg("vocab"), py::arg("merges"), py::arg("specials"), py::arg("pattern"), py::arg("ignore_merges") = false)
+      .def(
+          "encode_ordinary",
+          [](const CoreBPE& bpe, py::handle text) {
+            Utf8 s = utf8_of(text);
+            std::vector<uint32_t> ids;
+            {
+              py::gil_scoped_release release;
+              bpe.encode_ordinary(s.view, ids);
+            }
+            return to_list(ids);
+          },
+          py::arg("text"))
+      .def(
+          "encode",
+          [](const CoreBPE& bpe, py::handle text, const py::bytes& policy) -> py::object {
+            Utf8 s = utf8_of(text);
+            std::vector<SpecialPolicy> pol = policy_of(policy);
+            std::vector<uint32_t> ids;
+            long bad;
+            {
+              py::gil_scoped_release release;
+              bad = bpe.encode(s.view, pol, ids);
+            }
+            if (bad >= 0) return py::int_(bad);  // index of a disallowed special found in the text
+            return to_list(ids);
+          },
+          py::arg("text"), py::arg("policy"))
+      .def("encode_batch", &encode_batch, py::arg("texts"), py::arg("policy"), py::arg("num_threads"))
+      .def(
+          "decode_bytes",
+          [](const CoreBPE& bpe, py::handle ids) {
+            std::vector<uint32_t> v = ids_of(ids);
+            std::string out;
+            {
+              py::gil_scoped_release release;
+              bpe.decode(v.data(), v.size(), out);
+            }
+            return py::bytes(out);
+          },
+          py::arg("ids"))
+      .def(
+          "decode",
+          [](const CoreBPE& bpe, py::handle ids, const char* errors) {
+            std::vector<uint32_t> v = ids_of(ids);
+            std::string out;
+            {
+              py::gil_scoped_release release;
+              bpe.decode(v.data(), v.size(), out);
+            }
+            PyObject* s = PyUnicode_DecodeUTF8(out.data(), static_cast<Py_ssize_t>(out.size()), errors);
+            if (s == nullptr) throw py::error_already_set();
+            return py::reinterpret_steal<py::str>(s);
+          },
+          py::arg("ids"), py::arg("errors") = "replace")
+      .def(
+          "token_to_id",
+          [](const CoreBPE& bpe, const py::bytes& token) -> py::object {
+            uint32_t id = bpe.token_to_id(std::string_view(token));
+            if (id == CoreBPE::kNoToken) return py::none();
+            return py::int_(id);
+          },
+          py::arg("token"))
+      .def("token_bytes", [](const CoreBPE& bpe, uint32_t id) { return py::bytes(std::string(bpe.token_bytes(id))); })
+      .def("has_id", &CoreBPE::has_id)
+      .def("is_special", &CoreBPE::is_special)
+      .def_property_readonly("vocab_size", &CoreBPE::vocab_size)
+      .def_property_readonly("num_ordinary", &CoreBPE::num_ordinary)
+      .def_property_readonly("uses_merges", &CoreBPE::uses_merges)
+      .def_property_readonly("pattern", [](const CoreBPE& bpe) { return bpe.pretokenizer().pattern(); })
+      .def_property_readonly("specials",
+                             [](const CoreBPE& bpe) {
+                               py::list out;
+                               for (auto& s : bpe.specials()) out.append(py::make_tuple(s.text, s.id, s.special));
+                               return out;
+                             })
+      .def("merges", &CoreBPE::merges, py::call_guard<py::gil_scoped_release>());
+
+  m.def(
+      "pretokenize",
+      [](py::handle text, const std::string& pattern) {
+        Utf8 s = utf8_of(text);
+        auto pre = fastllm::make_pretokenizer(pattern);
+        std::vector<fastllm::Span> spans;
+        pre->split(s.view, spans);
+        py::list out;
+        for (auto [a, b] : spans) {
+          PyObject* piece = PyUnicode_DecodeUTF8(s.view.data() + a, static_cast<Py_ssize_t>(b - a), "strict");
+          if (piece == nullptr) throw py::error_already_set();
+          out.append(py::reinterpret_steal<py::str>(piece));
+        }
+        return out;
+      },
+      py::arg("text"), py::arg("pattern"), "Pieces of `text` under a pre-tokenization pattern (for tests).");
+  bind_train(m);
+  m.def("byte_to_unicode", [](int b) {
+    if (b < 0 || b > 255) throw py::value_error("byte out of range");
+    return fastllm::byte_to_unicode(static_cast<uint8_t>(b));
+  });
+}

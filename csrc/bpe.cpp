@@ -1,0 +1,387 @@
+// Byte-level BPE encode/decode (see bpe.h for the two merge semantics).
+#include "bpe.h"
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <queue>
+
+namespace fastllm {
+
+namespace {
+
+constexpr size_t kSmallPiece = 96;  // above this, merging uses a heap (O(n log n)) instead of scans (O(n^2))
+
+std::string describe_bytes(std::string_view s) {
+  std::string r;
+  for (unsigned char c : s.substr(0, 40)) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      r += static_cast<char>(c);
+    } else {
+      static const char* hex = "0123456789abcdef";
+      r += "\\x";
+      r += hex[c >> 4];
+      r += hex[c & 15];
+    }
+  }
+  if (s.size() > 40) r += "...";
+  return r;
+}
+
+}  // namespace
+
+// ==== Construction ====
+
+void CoreBPE::init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std::string_view pattern) {
+  pretokenizer_ = make_pretokenizer(pattern);  // throws std::invalid_argument for a bad regex
+  size_t max_id = 0, bytes = 0;
+  for (auto& [tok, id] : vocab) {
+    if (tok.empty()) throw BpeError("token id " + std::to_string(id) + " has empty bytes");
+    if (tok.size() > BytesMap::kMaxLen)
+      throw BpeError("token id " + std::to_string(id) + " is " + std::to_string(tok.size()) + " bytes long (at most " +
+                     std::to_string(BytesMap::kMaxLen) + ")");
+    if (id == kNoToken) throw BpeError("token id " + std::to_string(id) + " is too large");
+    max_id = std::max<size_t>(max_id, id);
+    bytes += tok.size();
+  }
+  for (auto& s : specials) {
+    if (s.text.empty()) throw BpeError("special token " + std::to_string(s.id) + " is empty");
+    if (s.id == kNoToken) throw BpeError("special token id " + std::to_string(s.id) + " is too large");
+    max_id = std::max<size_t>(max_id, s.id);
+    bytes += s.text.size();
+  }
+  if (bytes >= UINT32_MAX) throw BpeError("vocabulary is larger than 4 GB");
+  tokens_.assign(vocab.empty() && specials.empty() ? 0 : max_id + 1, TokenRef{});
+  arena_.reserve(bytes);
+
+  // A special token may repeat an ordinary entry with the same id and bytes (GPT-2's encoder.json
+  // lists <|endoftext|>); it is then only special, as in tiktoken.
+  std::vector<uint32_t> special_ids;
+  for (auto& s : specials) special_ids.push_back(s.id);
+  std::sort(special_ids.begin(), special_ids.end());
+  auto is_special_id = [&](uint32_t id) { return std::binary_search(special_ids.begin(), special_ids.end(), id); };
+
+  ordinary_.reset(&arena_, vocab.size());
+  for (auto& [tok, id] : vocab) {
+    if (is_special_id(id)) {
+      auto it = std::find_if(specials.begin(), specials.end(), [&](const SpecialToken& s) { return s.id == id; });
+      if (it->text != tok)
+        throw BpeError("id " + std::to_string(id) + " is both the token '" + describe_bytes(tok) +
+                       "' and the special token '" + describe_bytes(it->text) + "'");
+      continue;
+    }
+    if (tokens_[id].len != kNoToken)
+      throw BpeError("id " + std::to_string(id) + " is given to two tokens ('" +
+                     describe_bytes(std::string_view(arena_).substr(tokens_[id].off, tokens_[id].len)) + "' and '" +
+                     describe_bytes(tok) + "')");
+    uint32_t off = static_cast<uint32_t>(arena_.size());
+    arena_ += tok;
+    if (!ordinary_.insert(off, static_cast<uint32_t>(tok.size()), id))
+      throw BpeError("token '" + describe_bytes(tok) + "' appears twice (ids " +
+                     std::to_string(ordinary_.find(tok.data(), tok.size())) + " and " + std::to_string(id) + ")");
+    tokens_[id] = TokenRef{off, static_cast<uint32_t>(tok.size()), false};
+    ++num_ordinary_;
+  }
+  for (int b = 0; b < 256; ++b) {
+    char c = static_cast<char>(b);
+    byte_id_[b] = ordinary_.find(&c, 1);
+    if (byte_id_[b] == BytesMap::kMissing)
+      throw BpeError("the vocabulary has no token for the single byte 0x" + describe_bytes(std::string(1, c)) +
+                     " (a byte-level BPE needs all 256)");
+  }
+  for (auto& s : specials) {
+    if (tokens_[s.id].len != kNoToken)
+      throw BpeError("special token '" + describe_bytes(s.text) + "' reuses id " + std::to_string(s.id));
+    uint32_t off = static_cast<uint32_t>(arena_.size());
+    arena_ += s.text;
+    tokens_[s.id] = TokenRef{off, static_cast<uint32_t>(s.text.size()), true};
+    special_first_byte_[static_cast<unsigned char>(s.text[0])] = true;
+  }
+  specials_ = std::move(specials);
+}
+
+std::unique_ptr<CoreBPE> CoreBPE::from_ranks(Vocab ranks, std::vector<SpecialToken> specials,
+                                             std::string_view pattern) {
+  std::unique_ptr<CoreBPE> bpe(new CoreBPE());
+  bpe->init_tokens(ranks, specials, pattern);
+  bpe->init_byte_pairs();
+  return bpe;
+}
+
+std::unique_ptr<CoreBPE> CoreBPE::from_merges(Vocab vocab, const Merges& merges, std::vector<SpecialToken> specials,
+                                              std::string_view pattern, bool ignore_merges) {
+  std::unique_ptr<CoreBPE> bpe(new CoreBPE());
+  bpe->init_tokens(vocab, specials, pattern);
+  bpe->uses_merges_ = true;
+  bpe->pairs_.reset(merges.size());
+  std::string joined;
+  for (size_t i = 0; i < merges.size(); ++i) {
+    auto [a, b] = merges[i];
+    if (!bpe->has_id(a) || !bpe->has_id(b) || bpe->is_special(a) || bpe->is_special(b))
+      throw BpeError("merge " + std::to_string(i) + " refers to id " + std::to_string(bpe->has_id(a) ? b : a) +
+                     ", which is not an ordinary token");
+    joined.assign(bpe->token_bytes(a));
+    joined += bpe->token_bytes(b);
+    uint32_t id = bpe->ordinary_.find(joined.data(), joined.size());
+    if (id == BytesMap::kMissing)
+      throw BpeError("merge " + std::to_string(i) + " ('" + describe_bytes(bpe->token_bytes(a)) + "' + '" +
+                     describe_bytes(bpe->token_bytes(b)) + "') makes a token that is not in the vocabulary");
+    // A repeated merge keeps its first (highest) priority, as HF does.
+    bpe->pairs_.insert(a, b, PairMap::Merge{static_cast<uint32_t>(i), id});
+  }
+  bpe->merges_list_ = merges;
+  bpe->init_byte_pairs();
+  bpe->whole_ok_.reset(new std::atomic<uint8_t>[bpe->tokens_.size()]);
+  for (size_t i = 0; i < bpe->tokens_.size(); ++i) bpe->whole_ok_[i].store(ignore_merges ? 1 : 0, std::memory_order_relaxed);
+  return bpe;
+}
+
+// The first round of every merge looks up pairs of single bytes: keep all 65536 in a table, filled
+// from the two-byte tokens (ranks) or the merges of two single bytes.
+void CoreBPE::init_byte_pairs() {
+  byte_pair_.assign(256 * 256, PairMap::Merge{PairMap::kMissing, PairMap::kMissing});
+  std::vector<int16_t> byte_of(tokens_.size(), -1);
+  for (int b = 0; b < 256; ++b) byte_of[byte_id_[b]] = static_cast<int16_t>(b);
+  auto slot = [&](uint32_t id_a, uint32_t id_b) -> PairMap::Merge* {
+    if (byte_of[id_a] < 0 || byte_of[id_b] < 0) return nullptr;
+    return &byte_pair_[static_cast<size_t>(byte_of[id_a]) * 256 + static_cast<size_t>(byte_of[id_b])];
+  };
+  if (uses_merges_) {
+    for (size_t i = merges_list_.size(); i-- > 0;) {  // backwards: the first of repeated merges wins
+      auto [a, b] = merges_list_[i];
+      if (PairMap::Merge* m = slot(a, b)) *m = pairs_.find(a, b);
+    }
+    return;
+  }
+  for (uint32_t id = 0; id < tokens_.size(); ++id) {
+    if (tokens_[id].len != 2 || tokens_[id].special) continue;
+    const char* t = arena_.data() + tokens_[id].off;
+    byte_pair_[static_cast<unsigned char>(t[0]) * 256 + static_cast<unsigned char>(t[1])] = PairMap::Merge{id, id};
+  }
+}
+
+// ==== Lookup ====
+
+uint32_t CoreBPE::token_to_id(std::string_view bytes) const {
+  uint32_t id = ordinary_.find(bytes.data(), bytes.size());
+  if (id != BytesMap::kMissing) return id;
+  for (auto& s : specials_)
+    if (s.text == bytes) return s.id;
+  return kNoToken;
+}
+
+std::string_view CoreBPE::token_bytes(uint32_t id) const {
+  if (!has_id(id)) throw BpeError("token id " + std::to_string(id) + " is not in the vocabulary");
+  return std::string_view(arena_).substr(tokens_[id].off, tokens_[id].len);
+}
+
+// ==== Merging ====
+
+PairMap::Merge CoreBPE::pair(const char* p, size_t a_off, uint32_t a, uint32_t b, size_t end) const {
+  if (uses_merges_) return pairs_.find(a, b);
+  uint32_t id = ordinary_.find(p + a_off, end - a_off);
+  return PairMap::Merge{id, id};
+}
+
+// Scans for the lowest-ranked pair each step: O(n^2), but n is small and the data stays in L1.
+void CoreBPE::merge_small(const char* p, size_t n, std::vector<uint32_t>& out) const {
+  struct Part {
+    uint32_t start, id;
+    PairMap::Merge next;  // merging with the following part
+  };
+  Part parts[kSmallPiece + 1];
+  size_t m = n;
+  for (size_t i = 0; i < n; ++i) {
+    auto c = static_cast<unsigned char>(p[i]);
+    PairMap::Merge first = i + 1 < n ? byte_pair_[c * 256 + static_cast<unsigned char>(p[i + 1])]
+                                     : PairMap::Merge{PairMap::kMissing, 0};
+    parts[i] = Part{uint32_t(i), byte_id_[c], first};
+  }
+  parts[n] = Part{uint32_t(n), 0, {}};
+  auto update = [&](size_t i) {
+    parts[i].next = i + 1 < m ? pair(p, parts[i].start, parts[i].id, parts[i + 1].id, parts[i + 2].start)
+                              : PairMap::Merge{PairMap::kMissing, 0};
+  };
+  while (m > 1) {
+    size_t best = 0;
+    for (size_t i = 1; i + 1 < m; ++i)
+      if (parts[i].next.rank < parts[best].next.rank) best = i;
+    if (parts[best].next.rank == PairMap::kMissing) break;
+    parts[best].id = parts[best].next.id;
+    std::memmove(&parts[best + 1], &parts[best + 2], (m - best - 1) * sizeof(Part));  // includes the sentinel
+    --m;
+    update(best);
+    if (best > 0) update(best - 1);
+  }
+  for (size_t i = 0; i < m; ++i) out.push_back(parts[i].id);
+}
+
+// Linked list of parts plus a min-heap of (rank, start) with lazy deletion: O(n log n) for pieces of
+// any length (a 10 MB run of one character is a single piece).
+void CoreBPE::merge_large(const char* p, size_t n, std::vector<uint32_t>& out) const {
+  std::vector<uint32_t> ids(n), next(n), prev(n);
+  std::vector<PairMap::Merge> merge(n);
+  for (size_t i = 0; i < n; ++i) {
+    ids[i] = byte_id_[static_cast<unsigned char>(p[i])];
+    next[i] = static_cast<uint32_t>(i + 1);
+    prev[i] = static_cast<uint32_t>(i - 1);  // wraps for i = 0; never read there
+  }
+  auto end_of = [&](uint32_t i) { return next[i] < n ? next[next[i]] : n; };
+  std::vector<uint64_t> heap;
+  heap.reserve(n);
+  auto update = [&](uint32_t i) {
+    merge[i] = next[i] < n ? pair(p, i, ids[i], ids[next[i]], end_of(i)) : PairMap::Merge{PairMap::kMissing, 0};
+    if (merge[i].rank != PairMap::kMissing) heap.push_back((uint64_t{merge[i].rank} << 32) | i);
+  };
+  for (uint32_t i = 0; i + 1 < n; ++i) update(i);
+  for (auto& h : heap) h = ~h;  // std heaps are max-heaps: store complements to pop the minimum
+  std::make_heap(heap.begin(), heap.end());
+  auto push = [&](uint32_t i) {
+    size_t before = heap.size();
+    update(i);
+    if (heap.size() > before) {
+      heap.back() = ~heap.back();
+      std::push_heap(heap.begin(), heap.end());
+    }
+  };
+  std::vector<bool> dead(n, false);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end());
+    uint64_t top = ~heap.back();
+    heap.pop_back();
+    uint32_t i = static_cast<uint32_t>(top), rank = static_cast<uint32_t>(top >> 32);
+    if (dead[i] || merge[i].rank != rank || next[i] >= n) continue;  // stale entry
+    uint32_t j = next[i];
+    ids[i] = merge[i].id;
+    dead[j] = true;
+    next[i] = next[j];
+    if (next[j] < n) prev[next[j]] = i;
+    push(i);
+    if (i > 0) push(prev[i]);
+  }
+  for (uint32_t i = 0; i < n; i = next[i]) out.push_back(ids[i]);
+}
+
+bool CoreBPE::whole_token_ok(uint32_t id) const {
+  uint8_t state = whole_ok_[id].load(std::memory_order_relaxed);
+  if (state == 0) {
+    std::vector<uint32_t> parts;
+    std::string_view bytes = token_bytes(id);
+    if (bytes.size() <= kSmallPiece) merge_small(bytes.data(), bytes.size(), parts);
+    else merge_large(bytes.data(), bytes.size(), parts);
+    state = parts.size() == 1 && parts[0] == id ? 1 : 2;
+    whole_ok_[id].store(state, std::memory_order_relaxed);
+  }
+  return state == 1;
+}
+
+inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, std::vector<uint32_t>& out) const {
+  if (n == 1) {
+    out.push_back(byte_id_[static_cast<unsigned char>(*p)]);
+    return;
+  }
+  uint32_t id = ordinary_.find(p, n, key);
+  if (id != BytesMap::kMissing && (!uses_merges_ || whole_token_ok(id))) {
+    out.push_back(id);
+    return;
+  }
+  if (n <= kSmallPiece) merge_small(p, n, out);
+  else merge_large(p, n, out);
+}
+
+// ==== Encoding ====
+
+void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const {
+  thread_local std::vector<Span> spans;
+  spans.clear();
+  pretokenizer_->split(text, spans);
+  out.reserve(out.size() + spans.size() + spans.size() / 4);
+  // Most pieces are whole tokens, so the cost is one hash lookup each: hash a block of pieces and
+  // prefetch their slots first, so that the cache misses of a block overlap.
+  constexpr size_t kBlock = 16;
+  BytesKey keys[kBlock];
+  for (size_t b = 0; b < spans.size(); b += kBlock) {
+    size_t e = std::min(spans.size(), b + kBlock);
+    for (size_t i = b; i < e; ++i) {
+      keys[i - b] = make_key(text.data() + spans[i].first, spans[i].second - spans[i].first);
+      ordinary_.prefetch(keys[i - b]);
+    }
+    for (size_t i = b; i < e; ++i) encode_piece(text.data() + spans[i].first, spans[i].second - spans[i].first,
+                                                keys[i - b], out);
+  }
+}
+
+long CoreBPE::encode(std::string_view text, const std::vector<SpecialPolicy>& policy,
+                     std::vector<uint32_t>& out) const {
+  auto policy_of = [&](size_t k) {
+    if (!specials_[k].special) return SpecialPolicy::kAllowed;
+    return k < policy.size() ? policy[k] : SpecialPolicy::kDisallowed;
+  };
+  size_t start = 0;  // beginning of the ordinary text not yet encoded
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (!special_first_byte_[static_cast<unsigned char>(text[i])]) continue;
+    long best = -1;
+    bool disallowed = false;
+    for (size_t k = 0; k < specials_.size(); ++k) {
+      const std::string& s = specials_[k].text;
+      if (s.size() > text.size() - i || std::memcmp(text.data() + i, s.data(), s.size()) != 0) continue;
+      SpecialPolicy pk = policy_of(k);
+      if (pk == SpecialPolicy::kDisallowed) {
+        if (!disallowed || s.size() > specials_[best].text.size()) best = static_cast<long>(k);
+        disallowed = true;
+      } else if (pk == SpecialPolicy::kAllowed && !disallowed &&
+                 (best < 0 || s.size() > specials_[best].text.size())) {
+        best = static_cast<long>(k);
+      }
+    }
+    if (disallowed) return best;
+    if (best < 0) continue;  // only specials encoded as text start here
+    encode_ordinary(text.substr(start, i - start), out);
+    out.push_back(specials_[best].id);
+    start = i + specials_[best].text.size();
+    i = start - 1;
+  }
+  encode_ordinary(text.substr(start), out);
+  return -1;
+}
+
+// ==== Decoding ====
+
+void CoreBPE::decode(const uint32_t* ids, size_t n, std::string& out) const {
+  size_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t id = ids[i];
+    if (id >= tokens_.size() || tokens_[id].len == kNoToken)
+      throw BpeError("token id " + std::to_string(id) + " is not in the vocabulary (size " +
+                     std::to_string(tokens_.size()) + ")");
+    total += tokens_[id].len;
+  }
+  size_t base = out.size();
+  out.resize(base + total);
+  char* dst = out.data() + base;
+  for (size_t i = 0; i < n; ++i) {
+    const TokenRef& t = tokens_[ids[i]];
+    std::memcpy(dst, arena_.data() + t.off, t.len);
+    dst += t.len;
+  }
+}
+
+// ==== Merges of a ranks vocabulary ====
+
+CoreBPE::Merges CoreBPE::merges() const {
+  Merges result;
+  if (uses_merges_) return merges_list_;
+  // tiktoken: any two adjacent tokens whose bytes concatenate to token t merge, with t's rank as
+  // priority. List every such split of every token, by rank, then by split position.
+  for (uint32_t id = 0; id < tokens_.size(); ++id) {
+    if (!has_id(id) || tokens_[id].special || tokens_[id].len < 2) continue;
+    std::string_view t = token_bytes(id);
+    for (size_t k = 1; k < t.size(); ++k) {
+      uint32_t a = ordinary_.find(t.data(), k), b = ordinary_.find(t.data() + k, t.size() - k);
+      if (a != BytesMap::kMissing && b != BytesMap::kMissing) result.push_back({a, b});
+    }
+  }
+  return result;
+}
+
+}  // namespace fastllm

@@ -1,0 +1,124 @@
+// Byte-level BPE: the pure C++17 core of fastllm's tokenizer (no Python headers).
+//
+// Two merge semantics, one algorithm:
+//   * ranks (tiktoken): a token's id is its rank; a piece that is a whole token is emitted as is,
+//     otherwise adjacent parts are merged lowest-rank-first, where the rank of a pair is the rank of
+//     its concatenated bytes.
+//   * merges (HF tokenizers, GPT-2's vocab.bpe): a pair merges only if it is in the merges list, and
+//     its priority is its position there. A piece that is a whole token takes the shortcut only if
+//     the merges rebuild that token from its bytes (checked once per token, lazily).
+// Ties go to the leftmost pair in both. Pieces come from a Pretokenizer (pretokenize.h).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "hash.h"
+#include "pretokenize.h"
+
+namespace fastllm {
+
+// An error in a vocabulary, merges list or request, with a message meant for the user.
+class BpeError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
+struct SpecialToken {
+  std::string text;
+  uint32_t id;
+  bool special;  // false: an HF "added token" that is always split out, whatever the policy
+};
+
+// What encode() does with each special token found in the text (indexed like specials()).
+enum class SpecialPolicy : uint8_t { kDisallowed = 0, kAllowed = 1, kAsText = 2 };
+
+class CoreBPE {
+ public:
+  using Vocab = std::vector<std::pair<std::string, uint32_t>>;  // (token bytes, id)
+  using Merges = std::vector<std::pair<uint32_t, uint32_t>>;    // (left id, right id), by priority
+
+  // tiktoken semantics: ranks are ids.
+  static std::unique_ptr<CoreBPE> from_ranks(Vocab ranks, std::vector<SpecialToken> specials,
+                                             std::string_view pattern);
+  // HF semantics: merges[i] has priority i and yields the token whose bytes are the concatenation.
+  // ignore_merges (HF's option of that name): a piece that is a whole token is always emitted as is.
+  static std::unique_ptr<CoreBPE> from_merges(Vocab vocab, const Merges& merges, std::vector<SpecialToken> specials,
+                                              std::string_view pattern, bool ignore_merges = false);
+
+  void encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const;
+  // Splits out specials per `policy` (one entry per specials() element; missing entries mean
+  // disallowed). Returns -1, or the index of the first disallowed special found, in which case
+  // `out` is unspecified.
+  long encode(std::string_view text, const std::vector<SpecialPolicy>& policy, std::vector<uint32_t>& out) const;
+  // Appends the bytes of `ids`; throws BpeError naming the first id that is not in the vocabulary.
+  void decode(const uint32_t* ids, size_t n, std::string& out) const;
+
+  // Returns kNoToken if absent. Looks up ordinary tokens and specials.
+  static constexpr uint32_t kNoToken = UINT32_MAX;
+  uint32_t token_to_id(std::string_view bytes) const;
+  bool has_id(uint32_t id) const { return id < tokens_.size() && tokens_[id].len != kNoToken; }
+  std::string_view token_bytes(uint32_t id) const;  // throws BpeError if absent
+  bool is_special(uint32_t id) const { return has_id(id) && tokens_[id].special; }
+
+  size_t vocab_size() const { return tokens_.size(); }  // max id + 1 (holes allowed)
+  size_t num_ordinary() const { return num_ordinary_; }
+  bool uses_merges() const { return uses_merges_; }
+  const std::vector<SpecialToken>& specials() const { return specials_; }
+  const Pretokenizer& pretokenizer() const { return *pretokenizer_; }
+  // Merges in priority order (for saving an HF tokenizer.json). For a ranks vocabulary: every pair
+  // of lower-ranked tokens that concatenates to a token, by the token's rank. (HF gives each pair its
+  // own priority where tiktoken ties them by position; the two differ only in contrived cases.)
+  Merges merges() const;
+
+ private:
+  struct TokenRef {
+    uint32_t off = 0, len = kNoToken;
+    bool special = false;
+  };
+  CoreBPE() = default;
+  void init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std::string_view pattern);
+  void init_byte_pairs();
+  void encode_piece(const char* p, size_t n, const BytesKey& key, std::vector<uint32_t>& out) const;
+  void merge_small(const char* p, size_t n, std::vector<uint32_t>& out) const;
+  void merge_large(const char* p, size_t n, std::vector<uint32_t>& out) const;
+  bool whole_token_ok(uint32_t id) const;
+  // Priority and result of joining two adjacent parts: the one at a_off (id a) and the next (id b),
+  // which ends at `end`.
+  PairMap::Merge pair(const char* p, size_t a_off, uint32_t a, uint32_t b, size_t end) const;
+
+  std::string arena_;              // all token bytes, back to back
+  std::vector<TokenRef> tokens_;   // indexed by id
+  BytesMap ordinary_;              // bytes -> id of the ordinary tokens
+  PairMap pairs_;                  // merges semantics only
+  Merges merges_list_;             // merges semantics only, as given
+  uint32_t byte_id_[256];          // id of each single-byte token
+  std::vector<PairMap::Merge> byte_pair_;  // [a * 256 + b]: the merge of the single bytes a, b
+  bool uses_merges_ = false;
+  size_t num_ordinary_ = 0;
+  // merges semantics: per token, 0 = not yet known, 1 = its bytes BPE-encode to itself, 2 = they do not
+  mutable std::unique_ptr<std::atomic<uint8_t>[]> whole_ok_;
+  std::vector<SpecialToken> specials_;
+  bool special_first_byte_[256] = {};
+  std::unique_ptr<Pretokenizer> pretokenizer_;
+};
+
+// GPT-2's reversible map from bytes to printable characters (the byte-level alphabet of
+// encoder.json, vocab.bpe and HF tokenizer.json). Returns the UTF-8 of the character for byte b.
+std::string byte_to_unicode(uint8_t b);
+// Inverse over a UTF-8 string of such characters; false if a character is not in the alphabet.
+bool unicode_to_bytes(std::string_view s, std::string& out);
+
+// Loaders (vocab_io.cpp). Errors are BpeError with "<path>: <line>: <problem>" messages.
+CoreBPE::Vocab load_tiktoken_ranks(const std::string& path);
+// GPT-2 encoder.json (byte-level string -> id) and vocab.bpe (one "left right" merge per line).
+std::pair<CoreBPE::Vocab, CoreBPE::Merges> load_gpt2_files(const std::string& encoder_json,
+                                                           const std::string& vocab_bpe);
+
+}  // namespace fastllm

@@ -1,0 +1,199 @@
+// Unit tests of the BPE core without Python (ctest; also run under ASan + UBSan).
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "bpe.h"
+
+using namespace fastllm;
+
+static int failures = 0;
+#define CHECK(cond)                                                   \
+  do {                                                                \
+    if (!(cond)) {                                                    \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                     \
+    }                                                                 \
+  } while (0)
+
+static std::vector<uint32_t> ids(std::initializer_list<uint32_t> l) { return l; }
+
+static CoreBPE::Vocab byte_vocab() {
+  CoreBPE::Vocab v;
+  for (int b = 0; b < 256; ++b) v.emplace_back(std::string(1, static_cast<char>(b)), b);
+  return v;
+}
+
+static std::vector<uint32_t> encode(const CoreBPE& bpe, const std::string& s) {
+  std::vector<uint32_t> out;
+  bpe.encode_ordinary(s, out);
+  return out;
+}
+
+static std::string decode(const CoreBPE& bpe, const std::vector<uint32_t>& v) {
+  std::string out;
+  bpe.decode(v.data(), v.size(), out);
+  return out;
+}
+
+static bool throws(const std::function<void()>& fn, const std::string& needle) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    if (std::string(e.what()).find(needle) != std::string::npos) return true;
+    std::fprintf(stderr, "  message was: %s\n", e.what());
+    return false;
+  }
+  return false;
+}
+
+// A naive rank-based BPE (tiktoken semantics), the oracle for the merge paths.
+static std::vector<uint32_t> naive_ranks(const CoreBPE& bpe, const std::string& piece) {
+  uint32_t whole = bpe.token_to_id(piece);
+  if (whole != CoreBPE::kNoToken) return {whole};
+  std::vector<std::string> parts;
+  for (char c : piece) parts.emplace_back(1, c);
+  while (parts.size() > 1) {
+    size_t best = SIZE_MAX;
+    uint32_t best_rank = CoreBPE::kNoToken;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      uint32_t r = bpe.token_to_id(parts[i] + parts[i + 1]);
+      if (r < best_rank) best_rank = r, best = i;
+    }
+    if (best == SIZE_MAX) break;
+    parts[best] += parts[best + 1];
+    parts.erase(parts.begin() + static_cast<long>(best) + 1);
+  }
+  std::vector<uint32_t> out;
+  for (auto& p : parts) out.push_back(bpe.token_to_id(p));
+  return out;
+}
+
+static void test_ranks_semantics() {
+  auto v = byte_vocab();
+  v.emplace_back("ab", 256);
+  v.emplace_back("bc", 257);
+  v.emplace_back("abc", 258);
+  v.emplace_back("aa", 259);
+  v.emplace_back("aaaa", 260);
+  auto bpe = CoreBPE::from_ranks(v, {}, "gpt2");
+  CHECK(encode(*bpe, "abc") == ids({258}));              // whole token
+  CHECK(encode(*bpe, "abcd") == ids({258, 'd'}));        // ab, then abc
+  CHECK(encode(*bpe, "bcd") == ids({257, 'd'}));
+  CHECK(encode(*bpe, "aaaaa") == ids({260, 'a'}));       // leftmost pair first
+  CHECK(decode(*bpe, encode(*bpe, "xyz abc")) == "xyz abc");
+  // Both merge paths (scan for short pieces, heap for long ones) agree with the naive BPE.
+  for (size_t n : {2, 3, 7, 95, 96, 97, 98, 200, 1001}) {
+    std::string s(n, 'a');
+    CHECK(encode(*bpe, s) == naive_ranks(*bpe, s));
+    std::string t;
+    for (size_t i = 0; i < n; ++i) t += "abca"[i % 4];
+    CHECK(encode(*bpe, t) == naive_ranks(*bpe, t));
+  }
+}
+
+static void test_merges_semantics() {
+  auto v = byte_vocab();
+  v.emplace_back("ab", 256);
+  v.emplace_back("bc", 257);
+  v.emplace_back("abc", 258);  // in the vocabulary, but no merge makes it from "ab" + "c"
+  v.emplace_back("cd", 259);
+  CoreBPE::Merges m = {{'b', 'c'}, {'a', 'b'}, {'c', 'd'}};
+  auto bpe = CoreBPE::from_merges(v, m, {}, "gpt2");
+  CHECK(encode(*bpe, "abc") == ids({'a', 257}));  // (b, c) has priority; the whole-token shortcut is not taken
+  CHECK(encode(*bpe, "abcd") == ids({'a', 257, 'd'}));
+  CHECK(encode(*bpe, "abd") == ids({256, 'd'}));
+  auto relaxed = CoreBPE::from_merges(v, m, {}, "gpt2", /*ignore_merges=*/true);
+  CHECK(encode(*relaxed, "abc") == ids({258}));
+  CHECK(bpe->merges() == m);
+  CHECK(throws([&] { CoreBPE::from_merges(v, {{'a', 'z'}}, {}, "gpt2"); }, "not in the vocabulary"));
+}
+
+static void test_specials() {
+  auto v = byte_vocab();
+  std::vector<SpecialToken> sp = {{"<|end|>", 300, true}, {"<|end|>x", 301, true}, {"<pad>", 302, false}};
+  auto bpe = CoreBPE::from_ranks(v, sp, "gpt2");
+  std::vector<uint32_t> out;
+  using P = SpecialPolicy;
+  CHECK(bpe->encode("a<|end|>b", {P::kDisallowed, P::kDisallowed}, out) == 0);
+  out.clear();
+  CHECK(bpe->encode("a<|end|>xb", {P::kAllowed, P::kAllowed}, out) == -1);
+  CHECK(out == ids({'a', 301, 'b'}));  // the longest special at a position
+  out.clear();
+  CHECK(bpe->encode("<|end|>", {P::kAllowed, P::kDisallowed}, out) == -1);
+  CHECK(out == ids({300}));
+  out.clear();
+  CHECK(bpe->encode("a<|end|>", {P::kAsText, P::kAsText}, out) == -1);
+  CHECK(decode(*bpe, out) == "a<|end|>" && out.size() > 2);
+  out.clear();
+  CHECK(bpe->encode("<pad><pad>", {}, out) == -1);  // non-special added tokens always split out
+  CHECK(out == ids({302, 302}));
+  CHECK(bpe->is_special(300) && !bpe->is_special(65));
+  CHECK(throws([&] { CoreBPE::from_ranks(byte_vocab(), {{"a", 5, true}}, "gpt2"); }, "both the token"));
+}
+
+static void test_decode_and_errors() {
+  auto bpe = CoreBPE::from_ranks(byte_vocab(), {}, "gpt2");
+  std::string out;
+  std::vector<uint32_t> bad = {'a', 256};
+  CHECK(throws([&] { bpe->decode(bad.data(), bad.size(), out); }, "256"));
+  std::string invalid = "ok \xff\xfe\xc3 end\xe2\x82";  // invalid UTF-8 must round-trip byte for byte
+  CHECK(decode(*bpe, encode(*bpe, invalid)) == invalid);
+  CHECK(encode(*bpe, "").empty());
+  auto v = byte_vocab();
+  v.pop_back();
+  CHECK(throws([&] { CoreBPE::from_ranks(v, {}, "gpt2"); }, "single byte"));
+  v = byte_vocab();
+  v.emplace_back("a", 300);
+  CHECK(throws([&] { CoreBPE::from_ranks(v, {}, "gpt2"); }, "appears twice"));
+}
+
+static std::string write_tmp(const std::string& name, const std::string& text) {
+  std::string path = "/tmp/fastllm_test_bpe_" + name;
+  std::ofstream(path, std::ios::binary) << text;
+  return path;
+}
+
+static void test_loaders() {
+  std::string bad_b64 = write_tmp("bad.tiktoken", "YQ== 0\n!!!! 1\n");
+  CHECK(throws([&] { load_tiktoken_ranks(bad_b64); }, bad_b64 + ": line 2: the token is not valid base64"));
+  std::string bad_rank = write_tmp("rank.tiktoken", "YQ== zero\n");
+  CHECK(throws([&] { load_tiktoken_ranks(bad_rank); }, "line 1: the rank"));
+  CHECK(throws([&] { load_tiktoken_ranks("/nonexistent/x.tiktoken"); }, "cannot open"));
+  std::string enc = write_tmp("encoder.json", "{\"a\": 0, \"b\": 1, \"ab\": 2");
+  std::string merges = write_tmp("vocab.bpe", "#version: 0.2\na b\n");
+  CHECK(throws([&] { load_gpt2_files(enc, merges); }, enc + ": line 1: expected '}'"));
+  std::string enc_ok = write_tmp("encoder_ok.json", "{\"a\": 0, \"b\": 1, \"ab\": 2, \"\\u0120\": 3}");
+  std::string merges_bad = write_tmp("vocab_bad.bpe", "#version: 0.2\na b\na c\n");
+  CHECK(throws([&] { load_gpt2_files(enc_ok, merges_bad); }, merges_bad + ": line 3: 'c' is not in"));
+  auto [vocab, m] = load_gpt2_files(enc_ok, merges);
+  CHECK(vocab.size() == 4 && vocab[3].first == " " && m.size() == 1);
+}
+
+static void test_gpt2_assets() {
+  std::string dir = FASTLLM_ASSETS;
+  auto [vocab, merges] = load_gpt2_files(dir + "/encoder.json", dir + "/vocab.bpe");
+  auto bpe = CoreBPE::from_merges(vocab, merges, {{"<|endoftext|>", 50256, true}}, "gpt2");
+  CHECK(bpe->vocab_size() == 50257);
+  CHECK(encode(*bpe, "hello world") == ids({31373, 995}));  // as in tiktoken's own tests
+  std::vector<uint32_t> out;
+  CHECK(bpe->encode("hello <|endoftext|>", {SpecialPolicy::kAllowed}, out) == -1);
+  CHECK(out == ids({31373, 220, 50256}));
+  std::string text = "Unicode: caf\xc3\xa9, \xe4\xbd\xa0\xe5\xa5\xbd, emoji \xf0\x9f\x98\x80!\n\n  x";
+  CHECK(decode(*bpe, encode(*bpe, text)) == text);
+  CHECK(bpe->merges().size() == merges.size());
+}
+
+int main() {
+  test_ranks_semantics();
+  test_merges_semantics();
+  test_specials();
+  test_decode_and_errors();
+  test_loaders();
+  test_gpt2_assets();
+  if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
+  else std::printf("test_bpe: all checks passed\n");
+  return failures ? 1 : 0;
+}

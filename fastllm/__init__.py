@@ -1,0 +1,10 @@
+"""fastllm: fast training and inference for small and mid-size decoder LLMs.
+
+Triton kernels for the hot spots (`fastllm.kernels`), a C++ byte-level BPE tokenizer
+(`fastllm.tokenizer`), and a thin PyTorch model layer.
+"""
+
+from fastllm.tokenizer import Tokenizer as Tokenizer
+from fastllm.tokenizer import train_bpe as train_bpe
+
+__version__ = "0.1.0"
