@@ -1,5 +1,333 @@
 """fastllm.kernels: the public functional API of fastllm's kernels (installed from the top-level `kernels/`).
 
-Each op has an eager PyTorch reference in `fastllm.kernels.reference` and a Triton implementation in
-`fastllm.kernels.triton`; the dispatch rule is in ../shared/DESIGN.md. The ops land with their issues.
+Every op is a `torch.library` custom op (`torch.ops.fastllm.<name>`, see `_ops.py`) with a fake implementation, so
+`torch.compile(fullgraph=True)` traces models that call it. At run time each call picks its backend in one place,
+`_dispatch.backend_for` (the rule of DESIGN.md): the Triton kernel for CUDA tensors (or CPU tensors under
+`TRITON_INTERPRET=1`) when one is registered for the op, else the eager reference in `fastllm.kernels.reference`;
+`FASTLLM_KERNELS=reference|triton` forces a side and a forced side that cannot run raises.
+
+Layouts follow flash-attn: q (B, T, H, D), k and v (B, S, Hkv, D) with H % Hkv == 0 (MHA, GQA, MQA); query head h
+reads kv head h // (H // Hkv). fp32, fp16 and bf16 inputs; fp32 accumulation; outputs in the input dtype.
 """
+
+import math
+
+import torch
+
+from fastllm.kernels import _ops
+from fastllm.kernels._dispatch import backend_for as backend_for
+from fastllm.kernels.reference.glu import ACTIVATIONS
+from fastllm.kernels.reference.sampling import per_row, uniform_noise
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check_heads(name, q, k, v, alibi_slopes, rel_bias, window, sink_tokens):
+    _require(
+        q.dim() == 4 and k.dim() == 4 and v.dim() == 4,
+        f"{name}: q, k, v must be 4-D (B, T, H, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}",
+    )
+    _require(
+        q.is_floating_point() and q.dtype == k.dtype == v.dtype,
+        f"{name}: q, k, v must share one float dtype, got {q.dtype}, {k.dtype}, {v.dtype}",
+    )
+    _require(q.device == k.device == v.device, f"{name}: q, k, v on different devices")
+    B, _, H, D = q.shape
+    _require(
+        k.shape[0] == B and v.shape[0] == B and k.shape[1] == v.shape[1] and k.shape[2] == v.shape[2],
+        f"{name}: k {tuple(k.shape)} and v {tuple(v.shape)} must agree on (B={B}, S, Hkv)",
+    )
+    _require(H % k.shape[2] == 0, f"{name}: H={H} query heads is not a multiple of Hkv={k.shape[2]} kv heads")
+    _require(k.shape[-1] == D, f"{name}: q and k head dims differ ({D} vs {k.shape[-1]})")
+    _require(
+        window is None or (isinstance(window, int) and not isinstance(window, bool) and window >= 1),
+        f"{name}: window must be None or an int >= 1, got {window!r}",
+    )
+    _require(isinstance(sink_tokens, int) and sink_tokens >= 0, f"{name}: sink_tokens must be an int >= 0")
+    if alibi_slopes is not None:
+        _require(alibi_slopes.shape == (H,), f"{name}: alibi_slopes must be ({H},), got {tuple(alibi_slopes.shape)}")
+    if rel_bias is not None:
+        _require(
+            rel_bias.dim() == 2 and rel_bias.shape[0] == H and rel_bias.shape[1] >= 1,
+            f"{name}: rel_bias must be (H={H}, R>=1), got {tuple(rel_bias.shape)}",
+        )
+
+
+def sliding_window_attention(
+    q, k, v, window=None, *, softmax_scale=None, alibi_slopes=None, rel_bias=None, sink_tokens=0, cu_seqlens=None
+):
+    """Causal sliding-window attention (prefill / training), differentiable in q, k, v and rel_bias.
+
+    Args:
+        q: (B, T, H, D) float. k: (B, S, Hkv, D), v: (B, S, Hkv, Dv), same dtype; T <= S, H % Hkv == 0, Dv may
+            differ from D (MLA prefill uses D=192, Dv=128).
+        window: None for full causal attention, or an int W >= 1 counting the token itself: the query at absolute
+            position p sees keys j with p - W < j <= p (flash-attn's window_size=(W - 1, 0)).
+        softmax_scale: multiplies q.k; default 1 / sqrt(D).
+        alibi_slopes: (H,) float or None; adds -slope[h] * (p - j) to the scores of head h (no gradient).
+        rel_bias: (H, R) float or None, a learned table; adds rel_bias[h, min(p - j, R - 1)] (clipped relative
+            distance: T5-style buckets, llm-scratch tables, per-window tables). Gets a gradient.
+        sink_tokens: n >= 0; the first n positions stay visible to every later query (attention sinks).
+        cu_seqlens: (N + 1,) int32 or None. Packs N documents in one row: needs B == 1 and T == S, document i
+            spans [cu_seqlens[i], cu_seqlens[i + 1]). No attention across documents; positions (window, ALiBi,
+            rel_bias) restart at 0 in each document and its first sink_tokens tokens are its sinks.
+
+    Queries are bottom-right aligned: query t sits at position p = S - T + t (decode chunks against a longer
+    history). With S=8, T=4, W=3, sink_tokens=1 (x = seen, . = masked):
+
+        key j:       0 1 2 3 4 5 6 7
+        t=0 (p=4)    x . x x x . . .
+        t=1 (p=5)    x . . x x x . .
+        t=2 (p=6)    x . . . x x x .
+        t=3 (p=7)    x . . . . x x x
+
+    Returns o (B, T, H, Dv) in q's dtype. Cost on the CPU path is O(T * W) (query blocks against their key band).
+
+    Example (GQA, 4 query heads share 1 kv head, window 256 with 4 sinks):
+        >>> q, k, v = torch.randn(2, 100, 4, 64), torch.randn(2, 100, 1, 64), torch.randn(2, 100, 1, 64)
+        >>> sliding_window_attention(q, k, v, 256, sink_tokens=4).shape
+        torch.Size([2, 100, 4, 64])
+    """
+    _check_heads("sliding_window_attention", q, k, v, alibi_slopes, rel_bias, window, sink_tokens)
+    T, S = q.shape[1], k.shape[1]
+    _require(T <= S, f"sliding_window_attention: T={T} queries exceed S={S} keys (queries are bottom-right aligned)")
+    if cu_seqlens is not None:
+        _require(
+            q.shape[0] == 1 and T == S,
+            f"sliding_window_attention: cu_seqlens needs B == 1 and T == S, got B={q.shape[0]}, T={T}, S={S}",
+        )
+        _require(
+            cu_seqlens.dim() == 1 and cu_seqlens.dtype in (torch.int32, torch.int64),
+            "sliding_window_attention: cu_seqlens must be a 1-D int32 tensor",
+        )
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    o, _ = _ops.sliding_window_attention(
+        _last_dim_contiguous(q),
+        _last_dim_contiguous(k),
+        _last_dim_contiguous(v),
+        -1 if window is None else window,
+        scale,
+        alibi_slopes,
+        rel_bias,
+        sink_tokens,
+        cu_seqlens,
+    )
+    return o
+
+
+def swa_decode(
+    q, k_cache, v_cache, cache_seqlens, window, *, softmax_scale=None, sink_tokens=0, alibi_slopes=None, rel_bias=None
+):
+    """Decode attention for Tq (1..8) new queries against a ring-buffer KV cache of C slots.
+
+    Args:
+        q: (B, Tq, H, D). k_cache: (B, C, Hkv, D), v_cache: (B, C, Hkv, Dv), same dtype as q.
+        cache_seqlens: (B,) int, tokens seen by each row *including* the Tq new ones, which are already written to
+            the cache; query i sits at position cache_seqlens - Tq + i (a query at a negative position outputs 0).
+        window: W as in `sliding_window_attention` (counts the token itself); None only while nothing has wrapped
+            (cache_seqlens <= C).
+        softmax_scale, sink_tokens, alibi_slopes, rel_bias: as in `sliding_window_attention`.
+
+    Ring layout: position s < sink_tokens stays in slot s; any later s lives in slot
+    `sink_tokens + (s - sink_tokens) % (C - sink_tokens)`. With C >= W + sink_tokens + Tq - 1 every key that a
+    query needs is still in its slot. Slots not yet written are never read (they may hold garbage or NaN).
+
+        C=8, sink_tokens=2, 12 tokens seen:   slot  0  1  2  3  4  5  6  7
+                                              pos   0  1  8  9 10 11  6  7
+
+    Returns o (B, Tq, H, Dv) in q's dtype.
+    """
+    _check_heads("swa_decode", q, k_cache, v_cache, alibi_slopes, rel_bias, window, sink_tokens)
+    B, C = q.shape[0], k_cache.shape[1]
+    _require(
+        cache_seqlens.shape == (B,) and not cache_seqlens.is_floating_point(),
+        f"swa_decode: cache_seqlens must be an integer ({B},) tensor, got {tuple(cache_seqlens.shape)}",
+    )
+    _require(C > sink_tokens, f"swa_decode: C={C} slots leave no ring after sink_tokens={sink_tokens}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    return _ops.swa_decode(
+        _last_dim_contiguous(q),
+        _last_dim_contiguous(k_cache),
+        _last_dim_contiguous(v_cache),
+        cache_seqlens,
+        -1 if window is None else window,
+        scale,
+        sink_tokens,
+        alibi_slopes,
+        rel_bias,
+    )
+
+
+def mla_decode(q, kv_cache, cache_seqlens, *, kv_lora_rank, softmax_scale, block_table=None):
+    """Absorbed-weight multi-head latent attention (DeepSeek-V2 MLA) decode over a latent cache.
+
+    The cache holds one row `[c_kv (R = kv_lora_rank), k_rope (Dr)]` per token, shared by all heads. Since
+    k_nope[h] = W_UK[h] c_kv and v[h] = W_UV[h] c_kv, the absorbed query
+    `q[h] = [W_UK[h]^T q_nope[h], q_rope[h]]` (R + Dr) scores directly against the cached rows, and the caller
+    maps the latent output to V space: o[h] = W_UV[h] o_latent[h].
+
+    Args:
+        q: (B, Tq, H, R + Dr) absorbed queries. With Tq > 1 they are the last Tq of the cached tokens of their row,
+            causal among themselves.
+        kv_cache: contiguous (B, S, R + Dr), or with block_table a page pool (num_pages, page_size, R + Dr) where
+            page_size is a multiple of 16 (64 is usual) and token s of row b is at
+            kv_cache[block_table[b, s // page_size], s % page_size]. Same dtype as q.
+        cache_seqlens: (B,) int32, cached tokens per row (including the Tq queries). Pages and slots past it are
+            never read.
+        kv_lora_rank: R. softmax_scale: required (usually 1 / sqrt(Dn + Dr) of the un-absorbed head dim).
+        block_table: (B, max_pages) int32 or None.
+
+    Returns (o_latent (B, Tq, H, R) in q's dtype, lse (B, Tq, H) fp32, the natural-log softmax normaliser). A row
+    with cache_seqlens == 0 gives o_latent = 0 and lse = -inf.
+
+    Example (R=512, Dr=64, pages of 64 tokens, row 0 holds 100 tokens in pages 3 and 0):
+        >>> pool = torch.randn(8, 64, 576)
+        >>> table = torch.tensor([[3, 0]], dtype=torch.int32)
+        >>> q = torch.randn(1, 1, 16, 576)
+        >>> o, lse = mla_decode(q, pool, torch.tensor([100], dtype=torch.int32), kv_lora_rank=512,
+        ...                     softmax_scale=192**-0.5, block_table=table)
+        >>> o.shape, lse.shape
+        (torch.Size([1, 1, 16, 512]), torch.Size([1, 1, 16]))
+    """
+    _require(
+        q.dim() == 4 and kv_cache.dim() == 3 and q.shape[-1] == kv_cache.shape[-1],
+        f"mla_decode: q must be (B, Tq, H, R + Dr) and kv_cache (.., .., R + Dr), got {tuple(q.shape)} and "
+        f"{tuple(kv_cache.shape)}",
+    )
+    _require(
+        q.is_floating_point() and q.dtype == kv_cache.dtype and q.device == kv_cache.device,
+        f"mla_decode: q and kv_cache must share dtype and device, got {q.dtype}, {kv_cache.dtype}",
+    )
+    _require(0 < kv_lora_rank <= q.shape[-1], f"mla_decode: kv_lora_rank={kv_lora_rank} outside (0, {q.shape[-1]}]")
+    B = q.shape[0]
+    _require(
+        cache_seqlens.shape == (B,) and not cache_seqlens.is_floating_point(),
+        f"mla_decode: cache_seqlens must be an integer ({B},) tensor, got {tuple(cache_seqlens.shape)}",
+    )
+    if block_table is None:
+        _require(kv_cache.shape[0] == B, f"mla_decode: contiguous kv_cache must have B={B} rows")
+    else:
+        _require(
+            block_table.dim() == 2 and block_table.shape[0] == B and not block_table.is_floating_point(),
+            f"mla_decode: block_table must be an integer (B={B}, max_pages) tensor",
+        )
+        _require(kv_cache.shape[1] % 16 == 0, f"mla_decode: page_size={kv_cache.shape[1]} is not a multiple of 16")
+    return _ops.mla_decode(
+        _last_dim_contiguous(q),
+        _last_dim_contiguous(kv_cache),
+        cache_seqlens,
+        kv_lora_rank,
+        float(softmax_scale),
+        block_table,
+    )
+
+
+def glu(gate, up, activation="silu"):
+    """Gated linear unit act(gate) * up, differentiable in both inputs.
+
+    Args:
+        gate, up: (..., I), same shape and float dtype.
+        activation: "silu" (SwiGLU), "gelu" (erf GELU, GeGLU) or "gelu_tanh" (tanh-approximated GELU).
+
+    Returns (..., I) in gate's dtype, computed in fp32.
+    """
+    _require(
+        gate.shape == up.shape and gate.dtype == up.dtype and gate.is_floating_point(),
+        f"glu: gate {tuple(gate.shape)} {gate.dtype} and up {tuple(up.shape)} {up.dtype} must match",
+    )
+    _require(activation in ACTIVATIONS, f"glu: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    return _ops.glu(gate, up, activation)
+
+
+def glu_packed(x, activation="silu", *, gate_first=True):
+    """GLU on a packed projection x (..., 2I): x = [gate | up] (gate_first=True) or [up | gate].
+
+    Same activations as `glu`; differentiable in x. Returns (..., I) in x's dtype.
+    """
+    _require(
+        x.is_floating_point() and x.dim() >= 1 and x.shape[-1] % 2 == 0,
+        f"glu_packed: x must be float with an even last dim, got {tuple(x.shape)} {x.dtype}",
+    )
+    _require(activation in ACTIVATIONS, f"glu_packed: unknown activation {activation!r}; expected {ACTIVATIONS}")
+    return _ops.glu_packed(x, activation, bool(gate_first))
+
+
+def sample(
+    logits,
+    *,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    min_p=0.0,
+    repetition_penalty=1.0,
+    prev_tokens=None,
+    generator=None,
+    noise=None,
+):
+    """Draw one next-token id per row. Order: penalty, temperature, top-k, top-p, min-p, sample.
+
+    Args:
+        logits: (B, V) float; NaN or +inf, or a row that is all -inf, raises ValueError.
+        temperature: >= 0, a scalar or a (B,) tensor; 0 is greedy for that row (argmax of the penalised logits,
+            the first index on ties).
+        top_k: int >= 0 or (B,); keeps every token whose logit is >= the k-th largest (ties at the boundary are
+            all kept); 0 or k >= V disables it.
+        top_p: in [0, 1] or (B,); keeps the smallest prefix of tokens, by descending probability after top-k, whose
+            mass reaches top_p (the crossing token included; tokens tied with the last one are kept); 1 disables.
+        min_p: in [0, 1] or (B,); keeps tokens with probability >= min_p * the top token's probability.
+        repetition_penalty: > 0 or (B,); Hugging Face convention: the logit of every token in prev_tokens is
+            divided by the penalty if positive, multiplied if negative (once per token, whatever its count).
+        prev_tokens: (B, L) integer ids or None; negative ids (e.g. -1) are padding and ignored.
+        generator: torch.Generator for reproducible draws (same seed, same ids on the same device).
+        noise: (B, V) float32 U[0, 1) noise to use instead of drawing it (then generator is ignored).
+
+    Returns ids (B,) int64.
+
+    How it is built: custom ops cannot take a torch.Generator, so `sample` draws U[0, 1) noise (B, V) from
+    `generator` (skipped for a Python temperature of 0) and calls the custom op `fastllm::sample_from_noise`, which
+    takes E = -log(u) ~ Exp(1) and returns argmax(p_i / E_i) over the surviving tokens: an exact draw from the
+    renormalised filtered distribution, with no normalisation or cumulative sum and no host sync in the draw
+    itself (the reference does sync to validate its inputs). Under torch.compile(fullgraph=True) pass
+    generator=None (the global RNG; inductor draws it with its own RNG, so seeded ids differ from eager) or `noise`.
+
+    Example:
+        >>> logits = torch.randn(2, 50)
+        >>> ids = sample(logits, temperature=torch.tensor([0.0, 0.8]), top_p=0.9,
+        ...              generator=torch.Generator().manual_seed(0))
+        >>> ids.shape, bool(ids[0] == logits[0].argmax())
+        (torch.Size([2]), True)
+    """
+    _require(
+        logits.dim() == 2 and logits.is_floating_point(),
+        f"sample: logits must be a float (B, V) tensor, got {tuple(logits.shape)} {logits.dtype}",
+    )
+    B, device = logits.shape[0], logits.device
+    if prev_tokens is not None:
+        _require(
+            prev_tokens.dim() == 2 and prev_tokens.shape[0] == B and not prev_tokens.is_floating_point(),
+            f"sample: prev_tokens must be an integer (B={B}, L) tensor, got {tuple(prev_tokens.shape)}",
+        )
+    if noise is None and not (isinstance(temperature, (int, float)) and temperature == 0):
+        noise = uniform_noise(logits, generator)
+    if noise is not None:
+        _require(noise.shape == logits.shape, f"sample: noise must be {tuple(logits.shape)}, got {tuple(noise.shape)}")
+    return _ops.sample_from_noise(
+        logits,
+        noise,
+        per_row(temperature, B, torch.float32, device, "temperature"),
+        per_row(top_k, B, torch.int64, device, "top_k"),
+        per_row(top_p, B, torch.float32, device, "top_p"),
+        per_row(min_p, B, torch.float32, device, "min_p"),
+        per_row(repetition_penalty, B, torch.float32, device, "repetition_penalty"),
+        prev_tokens,
+    )
+
+
+__all__ = ["backend_for", "glu", "glu_packed", "mla_decode", "sample", "sliding_window_attention", "swa_decode"]

@@ -1,0 +1,272 @@
+"""torch.library registrations: every fastllm kernel is a custom op `fastllm::<name>` with a fake implementation.
+
+The fakes give torch.compile shapes and dtypes without running anything, so `torch.compile(fullgraph=True)` traces
+models that call `fastllm.kernels` (eager, aot_eager and inductor backends). Each real implementation asks
+`_dispatch.pick` for the backend at call time, so the choice follows the device and the environment even inside a
+compiled graph. Outputs are always freshly allocated contiguous tensors (custom ops may not alias their inputs,
+and the fakes promise contiguous strides).
+
+Encodings forced by the custom-op type system: `window=None` is passed as -1, `softmax_scale=None` is resolved by
+the public function, and the optional sampling parameters are per-row tensors. Differentiable ops register their
+backward as another custom op (`sliding_window_attention_backward`, `glu_backward`) so that a Triton backward can
+plug into the same dispatch; the lse output of `sliding_window_attention` is not differentiable.
+"""
+
+import torch
+from torch import Tensor
+
+from fastllm.kernels import _dispatch
+from fastllm.kernels.reference.attention import sliding_window_attention as _swa_ref
+from fastllm.kernels.reference.attention import sliding_window_attention_backward as _swa_bwd_ref
+from fastllm.kernels.reference.attention import swa_decode as _swa_decode_ref
+from fastllm.kernels.reference.glu import glu as _glu_ref
+from fastllm.kernels.reference.glu import glu_backward as _glu_bwd_ref
+from fastllm.kernels.reference.glu import glu_packed as _glu_packed_ref
+from fastllm.kernels.reference.glu import split_packed
+from fastllm.kernels.reference.mla import mla_decode as _mla_decode_ref
+from fastllm.kernels.reference.sampling import sample_from_noise as _sample_ref
+
+
+def _window(window: int) -> int | None:
+    return None if window < 0 else window
+
+
+# ---- sliding-window attention (prefill), differentiable in q, k, v, rel_bias ------------------------------------
+
+
+@torch.library.custom_op("fastllm::sliding_window_attention", mutates_args=())
+def sliding_window_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    window: int,
+    softmax_scale: float,
+    alibi_slopes: Tensor | None,
+    rel_bias: Tensor | None,
+    sink_tokens: int,
+    cu_seqlens: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    impl = _dispatch.pick("sliding_window_attention", q.device, _swa_ref)
+    o, lse = impl(
+        q,
+        k,
+        v,
+        _window(window),
+        softmax_scale=softmax_scale,
+        alibi_slopes=alibi_slopes,
+        rel_bias=rel_bias,
+        sink_tokens=sink_tokens,
+        cu_seqlens=cu_seqlens,
+        return_lse=True,
+    )
+    return o.contiguous(), lse.contiguous()
+
+
+@sliding_window_attention.register_fake
+def _(q, k, v, window, softmax_scale, alibi_slopes, rel_bias, sink_tokens, cu_seqlens):
+    B, T, H, _ = q.shape
+    return q.new_empty(B, T, H, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("fastllm::sliding_window_attention_backward", mutates_args=())
+def sliding_window_attention_backward(
+    do: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    window: int,
+    softmax_scale: float,
+    alibi_slopes: Tensor | None,
+    rel_bias: Tensor | None,
+    sink_tokens: int,
+    cu_seqlens: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    impl = _dispatch.pick("sliding_window_attention_backward", q.device, _swa_bwd_ref)
+    dq, dk, dv, drel = impl(
+        do,
+        q,
+        k,
+        v,
+        o,
+        lse,
+        _window(window),
+        softmax_scale=softmax_scale,
+        alibi_slopes=alibi_slopes,
+        rel_bias=rel_bias,
+        sink_tokens=sink_tokens,
+        cu_seqlens=cu_seqlens,
+    )
+    drel = q.new_empty(0) if drel is None else drel.contiguous()  # custom ops cannot return None
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), drel
+
+
+@sliding_window_attention_backward.register_fake
+def _(do, q, k, v, o, lse, window, softmax_scale, alibi_slopes, rel_bias, sink_tokens, cu_seqlens):
+    drel = q.new_empty(0) if rel_bias is None else rel_bias.new_empty(rel_bias.shape)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drel
+
+
+def _swa_setup(ctx, inputs, output):
+    q, k, v, window, softmax_scale, alibi_slopes, rel_bias, sink_tokens, cu_seqlens = inputs
+    ctx.save_for_backward(q, k, v, *output, alibi_slopes, rel_bias, cu_seqlens)
+    ctx.args = (window, softmax_scale, sink_tokens)
+
+
+def _swa_backward(ctx, do, dlse):
+    q, k, v, o, lse, alibi_slopes, rel_bias, cu_seqlens = ctx.saved_tensors
+    window, softmax_scale, sink_tokens = ctx.args
+    dq, dk, dv, drel = sliding_window_attention_backward(
+        do, q, k, v, o, lse, window, softmax_scale, alibi_slopes, rel_bias, sink_tokens, cu_seqlens
+    )
+    return dq, dk, dv, None, None, None, (None if rel_bias is None else drel), None, None
+
+
+sliding_window_attention.register_autograd(_swa_backward, setup_context=_swa_setup)
+
+
+# ---- decode ops (inference only) ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastllm::swa_decode", mutates_args=())
+def swa_decode(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    cache_seqlens: Tensor,
+    window: int,
+    softmax_scale: float,
+    sink_tokens: int,
+    alibi_slopes: Tensor | None,
+    rel_bias: Tensor | None,
+) -> Tensor:
+    impl = _dispatch.pick("swa_decode", q.device, _swa_decode_ref)
+    return impl(
+        q,
+        k_cache,
+        v_cache,
+        cache_seqlens,
+        _window(window),
+        softmax_scale=softmax_scale,
+        sink_tokens=sink_tokens,
+        alibi_slopes=alibi_slopes,
+        rel_bias=rel_bias,
+    ).contiguous()
+
+
+@swa_decode.register_fake
+def _(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias):
+    return q.new_empty(*q.shape[:-1], v_cache.shape[-1])
+
+
+@torch.library.custom_op("fastllm::mla_decode", mutates_args=())
+def mla_decode(
+    q: Tensor,
+    kv_cache: Tensor,
+    cache_seqlens: Tensor,
+    kv_lora_rank: int,
+    softmax_scale: float,
+    block_table: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    impl = _dispatch.pick("mla_decode", q.device, _mla_decode_ref)
+    o, lse = impl(
+        q, kv_cache, cache_seqlens, kv_lora_rank=kv_lora_rank, softmax_scale=softmax_scale, block_table=block_table
+    )
+    return o.contiguous(), lse.contiguous()
+
+
+@mla_decode.register_fake
+def _(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_table):
+    B, Tq, H, _ = q.shape
+    return q.new_empty(B, Tq, H, kv_lora_rank), q.new_empty(B, Tq, H, dtype=torch.float32)
+
+
+# ---- gated linear units, differentiable ------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastllm::glu", mutates_args=())
+def glu(gate: Tensor, up: Tensor, activation: str) -> Tensor:
+    return _dispatch.pick("glu", gate.device, _glu_ref)(gate, up, activation).contiguous()
+
+
+@glu.register_fake
+def _(gate, up, activation):
+    return gate.new_empty(gate.shape)
+
+
+@torch.library.custom_op("fastllm::glu_backward", mutates_args=())
+def glu_backward(grad: Tensor, gate: Tensor, up: Tensor, activation: str) -> tuple[Tensor, Tensor]:
+    dgate, dup = _dispatch.pick("glu_backward", gate.device, _glu_bwd_ref)(grad, gate, up, activation)
+    return dgate.contiguous(), dup.contiguous()
+
+
+@glu_backward.register_fake
+def _(grad, gate, up, activation):
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
+
+
+def _glu_setup(ctx, inputs, output):
+    gate, up, activation = inputs
+    ctx.save_for_backward(gate, up)
+    ctx.activation = activation
+
+
+def _glu_backward(ctx, grad):
+    gate, up = ctx.saved_tensors
+    dgate, dup = glu_backward(grad, gate, up, ctx.activation)
+    return dgate, dup, None
+
+
+glu.register_autograd(_glu_backward, setup_context=_glu_setup)
+
+
+@torch.library.custom_op("fastllm::glu_packed", mutates_args=())
+def glu_packed(x: Tensor, activation: str, gate_first: bool) -> Tensor:
+    impl = _dispatch.pick("glu_packed", x.device, _glu_packed_ref)
+    return impl(x, activation, gate_first=gate_first).contiguous()
+
+
+@glu_packed.register_fake
+def _(x, activation, gate_first):
+    return x.new_empty(*x.shape[:-1], x.shape[-1] // 2)
+
+
+def _glu_packed_setup(ctx, inputs, output):
+    x, activation, gate_first = inputs
+    ctx.save_for_backward(x)
+    ctx.args = (activation, gate_first)
+
+
+def _glu_packed_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    activation, gate_first = ctx.args
+    gate, up = split_packed(x, gate_first)
+    dgate, dup = glu_backward(grad, gate, up, activation)
+    return torch.cat([dgate, dup] if gate_first else [dup, dgate], dim=-1), None, None
+
+
+glu_packed.register_autograd(_glu_packed_backward, setup_context=_glu_packed_setup)
+
+
+# ---- sampling: the noise is an input because custom ops cannot take a torch.Generator --------------------------
+
+
+@torch.library.custom_op("fastllm::sample_from_noise", mutates_args=())
+def sample_from_noise(
+    logits: Tensor,
+    noise: Tensor | None,
+    temperature: Tensor,
+    top_k: Tensor,
+    top_p: Tensor,
+    min_p: Tensor,
+    repetition_penalty: Tensor,
+    prev_tokens: Tensor | None,
+) -> Tensor:
+    impl = _dispatch.pick("sample_from_noise", logits.device, _sample_ref)
+    return impl(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens).contiguous()
+
+
+@sample_from_noise.register_fake
+def _(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens):
+    return logits.new_empty(logits.shape[0], dtype=torch.int64)

@@ -1,0 +1,76 @@
+"""Eager reference for gated linear units: act(gate) * up, with separate or packed gate/up, and its backward.
+
+Computed in fp32 (fp64 inputs stay fp64), returned in the input dtype. Per element: reads 2 values, writes 1
+(forward); reads 3, writes 2 (backward).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_TANH_C = 0.044715  # the cubic coefficient of the tanh approximation of GELU
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "silu":
+        return F.silu(x)
+    if activation == "gelu":
+        return F.gelu(x)
+    if activation == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    raise ValueError(f"unknown GLU activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+def activate_grad(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """d act(x) / dx, written out.
+
+    silu:      s(x) * (1 + x * (1 - s(x)))                      with s the logistic sigmoid
+    gelu:      Phi(x) + x * phi(x)                               Phi, phi: standard normal CDF and density
+    gelu_tanh: 0.5 * (1 + t) + 0.5 * x * (1 - t^2) * u'(x)       t = tanh(u(x)), u = sqrt(2/pi) (x + 0.044715 x^3)
+    """
+    if activation == "silu":
+        s = torch.sigmoid(x)
+        return s * (1 + x * (1 - s))
+    if activation == "gelu":
+        cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
+        pdf = torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+        return cdf + x * pdf
+    if activation == "gelu_tanh":
+        t = torch.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x**3))
+        du = _SQRT_2_OVER_PI * (1 + 3 * _GELU_TANH_C * x * x)
+        return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du
+    raise ValueError(f"unknown GLU activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+def split_packed(x: torch.Tensor, gate_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gate, up) halves of x (..., 2I) along the last dim; gate_first=False means x = [up | gate]."""
+    a, b = x.chunk(2, dim=-1)  # (..., I) each
+    return (a, b) if gate_first else (b, a)
+
+
+def glu(gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+    """Reference of `fastllm.kernels.glu`: act(gate) * up, (..., I) in gate's dtype."""
+    dt = _compute_dtype(gate)
+    return (activate(gate.to(dt), activation) * up.to(dt)).to(gate.dtype)  # (..., I)
+
+
+def glu_packed(x: torch.Tensor, activation: str = "silu", *, gate_first: bool = True) -> torch.Tensor:
+    """Reference of `fastllm.kernels.glu_packed`: x (..., 2I) = [gate | up] (or [up | gate]) -> (..., I)."""
+    gate, up = split_packed(x, gate_first)
+    return glu(gate, up, activation)  # (..., I)
+
+
+def glu_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activation: str = "silu"):
+    """(d gate, d up) of out = act(gate) * up: d gate = grad * up * act'(gate), d up = grad * act(gate)."""
+    dt = _compute_dtype(gate)
+    g, u, go = gate.to(dt), up.to(dt), grad.to(dt)  # (..., I)
+    dgate = go * u * activate_grad(g, activation)  # (..., I)
+    dup = go * activate(g, activation)  # (..., I)
+    return dgate.to(gate.dtype), dup.to(up.dtype)
