@@ -1,6 +1,8 @@
 // Byte-level BPE encode/decode (see bpe.h for the two merge semantics).
 #include "bpe.h"
 
+#include "rank_queue.h"
+
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -216,50 +218,46 @@ void CoreBPE::merge_small(const char* p, size_t n, std::vector<uint32_t>& out) c
   for (size_t i = 0; i < m; ++i) out.push_back(parts[i].id);
 }
 
-// Linked list of parts plus a min-heap of (rank, start) with lazy deletion: O(n log n) for pieces of
-// any length (a 10 MB run of one character is a single piece).
+// Linked list of parts plus a RankQueue (rank_queue.h) with lazy deletion: near-linear for pieces of
+// any length (a 10 MB run of one character is a single piece). The queue visits positions in rank
+// order, all over the piece, so each part's state sits in one 16-byte record: one cache miss, not four.
 void CoreBPE::merge_large(const char* p, size_t n, std::vector<uint32_t>& out) const {
-  std::vector<uint32_t> ids(n), next(n), prev(n);
-  std::vector<PairMap::Merge> merge(n);
+  if (n >= UINT32_MAX) throw BpeError("a single piece of " + std::to_string(n) + " bytes is too long (limit 4 GB)");
+  constexpr uint32_t kDead = UINT32_MAX;
+  struct Part {
+    uint32_t id;    // kDead once merged into the part on its left
+    uint32_t next;  // start of the next part (n at the end)
+    uint32_t prev;  // start of the previous part
+    uint32_t rank;  // of the pair this part starts, kMissing if none
+  };
+  std::vector<Part> parts(n);
+  RankQueue queue(uses_merges_ ? merges_list_.size() : tokens_.size(), 1024);
   for (size_t i = 0; i < n; ++i) {
-    ids[i] = byte_id_[static_cast<unsigned char>(p[i])];
-    next[i] = static_cast<uint32_t>(i + 1);
-    prev[i] = static_cast<uint32_t>(i - 1);  // wraps for i = 0; never read there
+    PairMap::Merge m = i + 1 < n ? byte_pair_[static_cast<unsigned char>(p[i]) * 256 + static_cast<unsigned char>(p[i + 1])]
+                                 : PairMap::Merge{PairMap::kMissing, 0};
+    // prev wraps for i = 0; it is never read there.
+    parts[i] = Part{byte_id_[static_cast<unsigned char>(p[i])], static_cast<uint32_t>(i + 1), static_cast<uint32_t>(i - 1),
+                    m.rank};
+    if (m.rank != PairMap::kMissing) queue.push(m.rank, static_cast<uint32_t>(i));
   }
-  auto end_of = [&](uint32_t i) { return next[i] < n ? next[next[i]] : n; };
-  std::vector<uint64_t> heap;
-  heap.reserve(n);
-  auto update = [&](uint32_t i) {
-    merge[i] = next[i] < n ? pair(p, i, ids[i], ids[next[i]], end_of(i)) : PairMap::Merge{PairMap::kMissing, 0};
-    if (merge[i].rank != PairMap::kMissing) heap.push_back((uint64_t{merge[i].rank} << 32) | i);
+  auto update = [&](uint32_t i) {  // the pair starting at part i
+    Part& a = parts[i];
+    a.rank = a.next < n ? pair(p, i, a.id, parts[a.next].id, parts[a.next].next).rank : PairMap::kMissing;
+    if (a.rank != PairMap::kMissing) queue.push(a.rank, i);
   };
-  for (uint32_t i = 0; i + 1 < n; ++i) update(i);
-  for (auto& h : heap) h = ~h;  // std heaps are max-heaps: store complements to pop the minimum
-  std::make_heap(heap.begin(), heap.end());
-  auto push = [&](uint32_t i) {
-    size_t before = heap.size();
+  uint32_t r, i;
+  while (queue.pop(r, i)) {
+    Part& a = parts[i];
+    if (a.id == kDead || a.rank != r) continue;  // stale: the part merged or its pair changed
+    Part& b = parts[a.next];
+    a.id = uses_merges_ ? pairs_.find(a.id, b.id).id : ordinary_.find(p + i, b.next - i);
+    b.id = kDead;
+    a.next = b.next;
+    if (b.next < n) parts[b.next].prev = i;
     update(i);
-    if (heap.size() > before) {
-      heap.back() = ~heap.back();
-      std::push_heap(heap.begin(), heap.end());
-    }
-  };
-  std::vector<bool> dead(n, false);
-  while (!heap.empty()) {
-    std::pop_heap(heap.begin(), heap.end());
-    uint64_t top = ~heap.back();
-    heap.pop_back();
-    uint32_t i = static_cast<uint32_t>(top), rank = static_cast<uint32_t>(top >> 32);
-    if (dead[i] || merge[i].rank != rank || next[i] >= n) continue;  // stale entry
-    uint32_t j = next[i];
-    ids[i] = merge[i].id;
-    dead[j] = true;
-    next[i] = next[j];
-    if (next[j] < n) prev[next[j]] = i;
-    push(i);
-    if (i > 0) push(prev[i]);
+    if (i > 0) update(a.prev);
   }
-  for (uint32_t i = 0; i < n; i = next[i]) out.push_back(ids[i]);
+  for (uint32_t k = 0; k < n; k = parts[k].next) out.push_back(parts[k].id);
 }
 
 bool CoreBPE::whole_token_ok(uint32_t id) const {

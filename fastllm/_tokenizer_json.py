@@ -117,7 +117,8 @@ class _Reader:
             for flag in ("lstrip", "rstrip", "single_word"):
                 if t.get(flag):
                     self.fail(f"added token {t['content']!r} has {flag}=true, which is not supported")
-            out.append((t["content"], t["id"], bool(t.get("special", False))))
+            if t["content"] != _GAP.format(t["id"]):
+                out.append((t["content"], t["id"], bool(t.get("special", False))))
         return out
 
 
@@ -132,6 +133,20 @@ def read_tokenizer_json(path: str):
     specials = r.added_tokens(data.get("added_tokens"))
     # An added token that is also an ordinary entry of the model under the same id stays special only.
     return vocab, merges, specials, pattern, ignore_merges
+
+
+# `tokenizers` gives added tokens consecutive ids after the model's vocabulary, so ids that no token
+# uses (cl100k has none at 100256 and 100261..100275) are written as placeholder added tokens, which
+# read_tokenizer_json drops again.
+_GAP = "<|fastllm:unused:{}|>"
+
+
+def _fill_id_gaps(specials, num_ordinary: int):
+    by_id = {i: (text, i, special) for text, i, special in specials}
+    out = []
+    for i in range(num_ordinary, max(by_id, default=num_ordinary - 1) + 1):
+        out.append(by_id.get(i, (_GAP.format(i), i, True)))
+    return out + [t for t in specials if t[1] < num_ordinary]
 
 
 def write_tokenizer_json(
@@ -156,7 +171,7 @@ def write_tokenizer_json(
         "added_tokens": [
             {"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
              "special": special}
-            for text, i, special in specials
+            for text, i, special in _fill_id_gaps(specials, len(by_id))
         ],
         "normalizer": None,
         "pre_tokenizer": pre,
