@@ -1,0 +1,111 @@
+"""Shared layers: norms, rotary and sinusoidal positions, the MLP. Pure functions where there are no weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fastllm.kernels as K
+from fastllm.models.config import ModelConfig
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, bias: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """w * x / sqrt(mean(x^2) + eps), computed in fp32 and cast back (SWA-MLA does this; llm-scratch computes in the
+    input dtype, which is the same thing in fp32 and within rounding in bf16)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()  # (..., d)
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., d)
+        return self.weight * y.to(x.dtype)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return LayerNorm(config.d_model, config.norm_eps, config.norm_bias)
+
+
+# ---- positions ---------------------------------------------------------------------------------------------------
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (P, T, dim / 2) fp32 of angle p * theta^(-2i / dim) for positions (P, T) int."""
+    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)  # (dim/2,)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # (P, T, dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str) -> torch.Tensor:
+    """Rotates the first 2 * cos.shape[-1] dims of x (B, T, H, D) by cos, sin (P, T, r/2), P in {1, B}; in fp32.
+
+    style "half" pairs dim i with i + r/2 (GPT-NeoX, Llama); "interleaved" pairs 2i with 2i + 1 (GPT-J).
+    """
+    r = 2 * cos.shape[-1]
+    xr, xp = x[..., :r].float(), x[..., r:]  # (B, T, H, r), (B, T, H, D - r) passes through
+    c, s = cos[:, :, None, :], sin[:, :, None, :]  # (P, T, 1, r/2)
+    if style == "half":
+        x1, x2 = xr[..., : r // 2], xr[..., r // 2 :]  # (B, T, H, r/2) each
+        out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)  # (B, T, H, r)
+    else:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]  # (B, T, H, r/2) each
+        out = torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2)  # (B, T, H, r)
+    out = out.to(x.dtype)
+    return out if r == x.shape[-1] else torch.cat([out, xp], dim=-1)
+
+
+def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """(P, T, dim) fp32: pe[p, 2i] = sin(p / 10000^(2i/dim)), pe[p, 2i+1] = cos(p / 10000^(2i/dim))."""
+    div = torch.exp(torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) * (-math.log(1e4) / dim))
+    angles = positions.to(torch.float32)[..., None] * div  # (P, T, ceil(dim/2))
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., :dim]  # (P, T, dim)
+
+
+# ---- MLP ---------------------------------------------------------------------------------------------------------
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: w_out(act(w_in x)), or a GLU w_out(act(gate) * up) through fastllm.kernels.
+
+    GLU weights keep the upstream layout instead of being reordered at load: packed `w_in` (2 * d_ff rows) with the
+    gate as the first or the second half (the kernel reads either), or separate `w_gate` / `w_up`. The plain GELU
+    MLP has no fused kernel (nothing to fuse after the matmul), so it calls F.gelu.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, ff, bias = config.d_model, config.d_ff, config.mlp_bias
+        self.kind, self.layout, self.activation = config.mlp, config.glu_layout, config.glu_activation
+        if self.kind == "glu" and self.layout == "separate":
+            self.w_gate = nn.Linear(d, ff, bias=bias)
+            self.w_up = nn.Linear(d, ff, bias=bias)
+        else:
+            self.w_in = nn.Linear(d, 2 * ff if self.kind == "glu" else ff, bias=bias)
+        self.w_out = nn.Linear(ff, d, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "glu" and self.layout == "separate":
+            h = K.glu(self.w_gate(x), self.w_up(x), self.activation)  # (B, T, ff)
+        elif self.kind == "glu":
+            h = K.glu_packed(self.w_in(x), self.activation, gate_first=self.layout == "gate_first")  # (B, T, ff)
+        else:
+            h = F.gelu(self.w_in(x), approximate="tanh" if self.kind == "gelu_tanh" else "none")  # (B, T, ff)
+        return self.w_out(h)
