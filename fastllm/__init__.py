@@ -1,14 +1,29 @@
 """fastllm: fast training and inference for small and mid-size decoder LLMs.
 
 Triton kernels for the hot spots (`fastllm.kernels`), a C++ byte-level BPE tokenizer
-(`fastllm.tokenizer`), and a thin PyTorch model layer.
+(`fastllm.tokenizer`), and a thin PyTorch model layer (`fastllm.models`, `fastllm.checkpoints`).
 """
 
-from fastllm.checkpoints import load as load
-from fastllm.checkpoints import save as save
-from fastllm.models import ModelConfig as ModelConfig
-from fastllm.models import Transformer as Transformer
+import importlib
+
 from fastllm.tokenizer import Tokenizer as Tokenizer
 from fastllm.tokenizer import train_bpe as train_bpe
 
 __version__ = "0.1.0"
+
+# The model layer imports torch; load it on first use so that the tokenizer alone stays light.
+_LAZY = {
+    "load": "fastllm.checkpoints",
+    "save": "fastllm.checkpoints",
+    "ModelConfig": "fastllm.models",
+    "Transformer": "fastllm.models",
+}
+__all__ = ["Tokenizer", "train_bpe", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastllm' has no attribute {name!r}")
