@@ -117,8 +117,7 @@ class _Reader:
             for flag in ("lstrip", "rstrip", "single_word"):
                 if t.get(flag):
                     self.fail(f"added token {t['content']!r} has {flag}=true, which is not supported")
-            if t["content"] != _GAP.format(t["id"]):
-                out.append((t["content"], t["id"], bool(t.get("special", False))))
+            out.append((t["content"], t["id"], bool(t.get("special", False))))
         return out
 
 
@@ -135,20 +134,6 @@ def read_tokenizer_json(path: str):
     return vocab, merges, specials, pattern, ignore_merges
 
 
-# `tokenizers` gives added tokens consecutive ids after the model's vocabulary, so ids that no token
-# uses (cl100k has none at 100256 and 100261..100275) are written as placeholder added tokens, which
-# read_tokenizer_json drops again.
-_GAP = "<|fastllm:unused:{}|>"
-
-
-def _fill_id_gaps(specials, num_ordinary: int):
-    by_id = {i: (text, i, special) for text, i, special in specials}
-    out = []
-    for i in range(num_ordinary, max(by_id, default=num_ordinary - 1) + 1):
-        out.append(by_id.get(i, (_GAP.format(i), i, True)))
-    return out + [t for t in specials if t[1] < num_ordinary]
-
-
 def write_tokenizer_json(
     path: str, *, vocab: dict[bytes, int], merges, specials, regex: str, gpt2_regex: bool, ignore_merges: bool
 ):
@@ -158,6 +143,10 @@ def write_tokenizer_json(
         return "".join(to_char[b] for b in raw)
 
     by_id = {i: name(raw) for raw, i in vocab.items()}
+    # Added tokens also go into the model's vocabulary, as HF's own converters write them: `tokenizers`
+    # keeps the id of an added token found there, but numbers the others consecutively after the
+    # vocabulary, which would shift specials that sit after unused ids (cl100k: 100256, 100261..100275).
+    by_id.update({i: name(text.encode()) for text, i, _ in specials})
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": gpt2_regex}
     if gpt2_regex:
         pre = byte_level
@@ -171,7 +160,7 @@ def write_tokenizer_json(
         "added_tokens": [
             {"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
              "special": special}
-            for text, i, special in _fill_id_gaps(specials, len(by_id))
+            for text, i, special in specials
         ],
         "normalizer": None,
         "pre_tokenizer": pre,
