@@ -179,14 +179,17 @@ std::string_view CoreBPE::token_bytes(uint32_t id) const {
 
 // ==== Merging ====
 
-PairMap::Merge CoreBPE::pair(const char* p, size_t a_off, uint32_t a, uint32_t b, size_t end) const {
+PairMap::Merge CoreBPE::pair(const char* p, size_t readable, size_t a_off, uint32_t a, uint32_t b, size_t end) const {
   if (uses_merges_) return pairs_.find(a, b);
-  uint32_t id = ordinary_.find(p + a_off, end - a_off);
+  uint32_t id = ordinary_.find(p + a_off, end - a_off, make_key(p + a_off, end - a_off, readable - a_off));
   return PairMap::Merge{id, id};
 }
 
 // Scans for the lowest-ranked pair each step: O(n^2), but n is small and the data stays in L1.
-void CoreBPE::merge_small(const char* p, size_t n, std::vector<uint32_t>& out) const {
+void CoreBPE::merge_small(const char* piece, size_t n, std::vector<uint32_t>& out) const {
+  char p[kSmallPiece + 8];  // a padded copy: pair() may load 8 bytes at any offset
+  std::memcpy(p, piece, n);
+  std::memset(p + n, 0, 8);
   struct Part {
     uint32_t start, id;
     PairMap::Merge next;  // merging with the following part
@@ -201,7 +204,7 @@ void CoreBPE::merge_small(const char* p, size_t n, std::vector<uint32_t>& out) c
   }
   parts[n] = Part{uint32_t(n), 0, {}};
   auto update = [&](size_t i) {
-    parts[i].next = i + 1 < m ? pair(p, parts[i].start, parts[i].id, parts[i + 1].id, parts[i + 2].start)
+    parts[i].next = i + 1 < m ? pair(p, sizeof p, parts[i].start, parts[i].id, parts[i + 1].id, parts[i + 2].start)
                               : PairMap::Merge{PairMap::kMissing, 0};
   };
   while (m > 1) {
@@ -242,7 +245,7 @@ void CoreBPE::merge_large(const char* p, size_t n, std::vector<uint32_t>& out) c
   }
   auto update = [&](uint32_t i) {  // the pair starting at part i
     Part& a = parts[i];
-    a.rank = a.next < n ? pair(p, i, a.id, parts[a.next].id, parts[a.next].next).rank : PairMap::kMissing;
+    a.rank = a.next < n ? pair(p, n, i, a.id, parts[a.next].id, parts[a.next].next).rank : PairMap::kMissing;
     if (a.rank != PairMap::kMissing) queue.push(a.rank, i);
   };
   uint32_t r, i;
@@ -301,7 +304,8 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out)
   for (size_t b = 0; b < spans.size(); b += kBlock) {
     size_t e = std::min(spans.size(), b + kBlock);
     for (size_t i = b; i < e; ++i) {
-      keys[i - b] = make_key(text.data() + spans[i].first, spans[i].second - spans[i].first);
+      keys[i - b] = make_key(text.data() + spans[i].first, spans[i].second - spans[i].first,
+                             text.size() - spans[i].first);
       ordinary_.prefetch(keys[i - b]);
     }
     for (size_t i = b; i < e; ++i) encode_piece(text.data() + spans[i].first, spans[i].second - spans[i].first,

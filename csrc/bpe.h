@@ -90,8 +90,8 @@ class CoreBPE {
   void merge_large(const char* p, size_t n, std::vector<uint32_t>& out) const;
   bool whole_token_ok(uint32_t id) const;
   // Priority and result of joining two adjacent parts: the one at a_off (id a) and the next (id b),
-  // which ends at `end`.
-  PairMap::Merge pair(const char* p, size_t a_off, uint32_t a, uint32_t b, size_t end) const;
+  // which ends at `end`. `readable` bytes may be read at p.
+  PairMap::Merge pair(const char* p, size_t readable, size_t a_off, uint32_t a, uint32_t b, size_t end) const;
 
   std::string arena_;              // all token bytes, back to back
   std::vector<TokenRef> tokens_;   // indexed by id

@@ -27,9 +27,21 @@ struct BytesKey {
   uint64_t w0, hash;
 };
 
-inline BytesKey make_key(const char* p, size_t n) {
+// `avail` >= n bytes are readable at p. When 8 are, one unaligned load and a mask replace a short
+// variable-length copy, whose byte stores would stall the 8-byte load that reads them back.
+inline BytesKey make_key(const char* p, size_t n, size_t avail) {
   uint64_t w0 = 0;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if (avail >= 8) {
+    std::memcpy(&w0, p, 8);
+    if (n < 8) w0 &= (uint64_t{1} << (8 * n)) - 1;
+  } else {
+    std::memcpy(&w0, p, n < 8 ? n : 8);
+  }
+#else
+  (void)avail;
   std::memcpy(&w0, p, n < 8 ? n : 8);
+#endif
   uint64_t h = (w0 * 0x9e3779b97f4a7c15ULL) ^ (n * 0xff51afd7ed558ccdULL);
   for (size_t i = 8; i < n; i += 8) {  // longer tokens: fold in the rest
     uint64_t x = 0;
@@ -39,6 +51,7 @@ inline BytesKey make_key(const char* p, size_t n) {
   }
   return BytesKey{w0, mix64(h)};
 }
+inline BytesKey make_key(const char* p, size_t n) { return make_key(p, n, n); }
 
 inline size_t table_capacity(size_t n) {
   size_t cap = 16;
