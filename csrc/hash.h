@@ -75,9 +75,9 @@ class BytesMap {
   }
 
   // Returns false if the key is already present (the first id is kept).
-  bool insert(uint32_t off, uint32_t len, uint32_t id) {
+  bool insert(uint32_t off, uint32_t len, uint32_t id) { return insert(off, len, id, make_key(arena_->data() + off, len)); }
+  bool insert(uint32_t off, uint32_t len, uint32_t id, const BytesKey& k) {
     const char* p = arena_->data() + off;
-    BytesKey k = make_key(p, len);
     size_t i = k.hash & mask_;
     for (; slots_[i].id != kMissing; i = (i + 1) & mask_)
       if (matches(slots_[i], p, len, k)) return false;
