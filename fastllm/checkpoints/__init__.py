@@ -3,7 +3,9 @@
 Pipeline of `load(path_or_dir, config=None, device=None, dtype=None)`:
   1. resolve the weights file (a directory is searched for the usual names, see `resolve`);
   2. read it (`torch.load(weights_only=True, mmap=True)` or safetensors), unwrap a training-checkpoint dict
-     (`model_state_dict`, `state_dict`, `model`, `module`), strip `_orig_mod.` / `module.` prefixes;
+     (`model_state_dict`, `state_dict`, `model`, `module`), strip `_orig_mod.` / `module.` prefixes; a file that
+     pickles other objects is re-read with the restricted unpickler (`unpickle.py`, refused globals become inert
+     placeholders and are dropped), and only a Format with `pickled_extras=True` may then accept it;
   3. ask each registered Format, in order, whether it `detect`s the Source; the first match `convert`s it into
      (ModelConfig, state_dict in fastllm names), inferring dims from tensor shapes and taking the rest from the
      config stored beside or inside the file, or from `config` (a dict in the upstream's own key names);
@@ -27,9 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fastllm.checkpoints import gpt124m, hf_gpt2, l1, llm_scratch, native
+from fastllm.checkpoints import gpt124m, hf_gpt2, inl, l1, llm_scratch, native, swa_mla, unpickle
 from fastllm.checkpoints.base import (
     CheckpointError,
+    PickledObjectsError,
     Source,
     read_json,
     read_weights,
@@ -46,6 +49,7 @@ class Format:
     detect: Callable[[Source], bool]
     convert: Callable[[Source], tuple[ModelConfig, dict[str, torch.Tensor]]]
     tokenizer: Callable[[Source], object | None]
+    pickled_extras: bool = False  # its files may pickle non-tensor objects: accept a restricted-unpickler read
 
 
 FORMATS: list[Format] = []
@@ -94,11 +98,20 @@ def resolve(path_or_dir: str | os.PathLike) -> str:
 
 def read_source(path_or_dir, config: dict | None = None, *, weights_only: bool = True) -> Source:
     path = resolve(path_or_dir)
-    tensors, container = unwrap(read_weights(path, weights_only=weights_only), path)
+    refused = None
+    try:
+        obj = read_weights(path, weights_only=weights_only)
+    except PickledObjectsError as e:
+        refused = str(e)  # raised again by `load` unless the detected format expects pickled extras
+        try:
+            obj = unpickle.restricted_load(path)
+        except Exception:
+            raise e from None
+    tensors, container = unwrap(obj, path)
     side = read_json(os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")) or {}
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"config must be a dict in the upstream project's key names, got {type(config).__name__}")
-    return Source(path, strip_prefixes(tensors), container, side, dict(config or {}))
+    return Source(path, strip_prefixes(tensors), container, side, dict(config or {}), refused)
 
 
 def detect(source: Source) -> Format:
@@ -137,17 +150,27 @@ def build(config: ModelConfig, tensors: dict[str, torch.Tensor], path: str, *, d
 
 
 def load(path_or_dir, *, config: dict | None = None, device=None, dtype=None, weights_only: bool = True):
-    """(model, tokenizer) from any supported checkpoint: HF GPT-2, GPT-124M, L1, llm-scratch v1/v2, fastllm.
+    """(model, tokenizer) from any supported checkpoint: HF GPT-2, GPT-124M, L1, llm-scratch v1/v2, SWA-MLA, INL,
+    fastllm.
 
     Args:
         path_or_dir: a weights file or a directory holding one (with config.json / tokenizer files beside it).
         config: settings the file does not record, in the upstream project's own key names (e.g. {"n_heads": 12}
             for a raw GPT-124M state_dict); a needed key that is missing raises an error naming it.
         device, dtype: where and in which float dtype to put the weights (default: CPU, the stored dtype).
-        weights_only: torch.load's safety switch; False unpickles arbitrary objects (trusted files only).
+        weights_only: torch.load's safety switch; False unpickles arbitrary objects (trusted files only). With
+            True, formats whose files pickle other objects (SWA-MLA optimizer state) load through the restricted
+            unpickler, which never calls anything outside its allowlist and keeps only weights and plain values.
     """
     source = read_source(path_or_dir, config, weights_only=weights_only)
-    fmt = detect(source)
+    try:
+        fmt = detect(source)
+    except CheckpointError:
+        if source.refused:  # the refusal says more than "unknown format" about a file that pickles objects
+            raise PickledObjectsError(source.refused) from None
+        raise
+    if source.refused and not fmt.pickled_extras:
+        raise PickledObjectsError(source.refused)
     model_config, tensors = fmt.convert(source)
     model = build(model_config, tensors, source.path, device=device, dtype=dtype)
     tokenizer = fmt.tokenizer(source)
@@ -161,6 +184,7 @@ register_format(Format("hf-gpt2", hf_gpt2.detect, hf_gpt2.convert, hf_gpt2.token
 register_format(Format("gpt-124m", gpt124m.detect, gpt124m.convert, gpt124m.tokenizer))
 register_format(Format("l1", l1.detect, l1.convert, l1.tokenizer))
 register_format(Format("llm-scratch", llm_scratch.detect, llm_scratch.convert, llm_scratch.tokenizer))
-# ---- "swa-mla" and "inl" register here (checkpoints/swa_mla.py, checkpoints/inl.py) ----
+register_format(Format("swa-mla", swa_mla.detect, swa_mla.convert, swa_mla.tokenizer, pickled_extras=True))
+register_format(Format("inl", inl.detect, inl.convert, inl.tokenizer))
 
 __all__ = ["FORMATS", "CheckpointError", "Format", "Source", "build", "detect", "load", "register_format", "save"]

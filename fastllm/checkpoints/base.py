@@ -21,6 +21,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file, the key and what was expected."""
 
 
+class PickledObjectsError(CheckpointError):
+    """weights_only=True refused a pickled object (formats that expect such extras retry with `unpickle`)."""
+
+
 def read_json(path: str) -> dict | None:
     if not os.path.isfile(path):
         return None
@@ -56,7 +60,7 @@ def read_weights(path: str, *, weights_only: bool = True):
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if weights_only and ("Weights only load failed" in str(e) or "Unsupported global" in str(e)):
-            raise CheckpointError(
+            raise PickledObjectsError(
                 f"{path}: the checkpoint pickles objects other than tensors ({msg}); fastllm loads with "
                 f"weights_only=True by default; pass weights_only=False only for a file you trust"
             ) from None
@@ -100,6 +104,7 @@ class Source:
     container: dict = field(default_factory=dict)  # the wrapper dict's other entries (config, cfg, step, ...)
     side_config: dict = field(default_factory=dict)  # config.json beside the weights file, {} if none
     user_config: dict = field(default_factory=dict)  # load(..., config=...): upstream key names
+    refused: str | None = None  # weights_only's refusal when the restricted unpickler read the file instead
 
     @property
     def dir(self) -> str:

@@ -206,3 +206,22 @@ def load_tokenizer_file(path: str | os.PathLike):
         f"{path}: unknown tokenizer format: expected an HF tokenizer.json ('model'), an llm-scratch file ('vocab', "
         f"'merges' list, 'unk_token') or an L1 file ('vocab', 'special_tokens')"
     )
+
+
+def gpt2_tokenizer(directory: str, added: dict[str, int] | None = None):
+    """A GPT-2 byte-level BPE for families trained with HF's `gpt2` tokenizer plus a few added special tokens.
+
+    Prefers the files saved beside the weights: `tokenizer.json` (HF `save_pretrained`, which records the added
+    tokens), else `vocab.json` + `merges.txt`, else the GPT-2 vocabulary bundled with fastllm. Without a
+    tokenizer.json, `added` (text -> id, ids after GPT-2's 50257) is appended as special tokens beside
+    `<|endoftext|>` (50256): like every special token they encode as ids only when allowed (`allowed_special`).
+    """
+    from fastllm.tokenizer import ASSETS, Tokenizer
+
+    path = os.path.join(directory, "tokenizer.json")
+    if os.path.isfile(path):
+        return Tokenizer.from_file(path)
+    vocab, merges = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
+    if not (os.path.isfile(vocab) and os.path.isfile(merges)):
+        vocab, merges = os.path.join(ASSETS, "encoder.json"), os.path.join(ASSETS, "vocab.bpe")
+    return Tokenizer.from_vocab_merges(vocab, merges, special_tokens={"<|endoftext|>": 50256, **(added or {})})

@@ -2,7 +2,8 @@
 
 Files: `config.py` (ModelConfig, PRESETS), `layers.py` (norms, RoPE, sinusoidal positions, MLP), `attention.py`
 (attention kinds, registry ATTENTION), `cache.py` (KVCache ring buffers, the model-level Cache),
-`transformer.py` (Context, Block, registry BLOCKS, Transformer). Attention and MLP call `fastllm.kernels` only.
+`transformer.py` (Context, Block, registry BLOCKS, Transformer), `mla.py` (the "mla" attention kind and its latent
+cache, SWA-MLA), `inl.py` (the "inl" integrator block, INL-LLM). Attention and MLP call `fastllm.kernels` only.
 
 How to add an attention kind (e.g. MLA, in `models/mla.py`):
   1. Add its config fields to ModelConfig (in the marked section) and its presets to PRESETS, with
@@ -32,3 +33,6 @@ from fastllm.models.transformer import Context as Context
 from fastllm.models.transformer import Transformer as Transformer
 
 # Attention kinds and blocks that live in their own files register on import (add their imports here).
+# isort: split
+from fastllm.models import inl as inl  # registers BLOCKS["inl"]
+from fastllm.models import mla as mla  # registers ATTENTION["mla"]

@@ -58,8 +58,19 @@ class ModelConfig:
     tie_embeddings: bool = True  # lm_head.weight is tok_emb.weight
     lm_head_bias: bool = False
     block: str = "prenorm"  # block type, key of models.transformer.BLOCKS
-    # ---- SWA-MLA fields (MLA layer dims, ...) go here: added with models/mla.py ----
-    # ---- INL fields (integrator iterations, low-rank embedding, ...) go here: added with models/inl.py ----
+    # ---- MLA layers (models/mla.py), DeepSeek-V2 names ----
+    kv_lora_rank: int = 0  # R: width of the cached latent c_kv
+    q_lora_rank: int = 0  # 0: direct wq; > 0: wq_b(LayerNorm(wq_a x))
+    qk_nope_head_dim: int = 128  # Dn
+    qk_rope_head_dim: int = 64  # Dr: the rotary part, one key per token shared by all heads
+    v_head_dim: int = 128  # Dv
+    mla_rope_by_head: bool = True  # SWA-MLA quirk 2: q_pe rotated by head index, not position (see models/mla.py)
+    # ---- INL integrator block (models/inl.py) and low-rank embedding ----
+    embed_rank: int = 0  # r > 0: tok_emb is (V, r), projected up by tok_proj (d, r) (INL low-rank embedding)
+    inl_iterations: int = 0  # T integrator steps per layer
+    inl_group_size: int = 64  # dims sharing one equilibrium offset (hierarchical mu)
+    inl_early_stop: bool = False  # eval-mode adaptive stopping (the checkpoint's inl.inl.* key variant)
+    inl_stop_threshold: float = 1e-3  # per-token L2 norm of the state change
     extra: dict = field(default_factory=dict)  # free-form family notes kept through save/load (not read here)
 
     def __post_init__(self):
@@ -87,6 +98,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: rope_dim={rd} must be even and <= head_dim={self.head_dim}")
         if "sliding" in self.layer_kinds() and (self.window is None or self.window < 1):
             raise ValueError("ModelConfig: sliding layers need window >= 1")
+        if "mla" in self.layer_kinds() and (self.kv_lora_rank < 1 or self.qk_rope_head_dim % 2):
+            raise ValueError("ModelConfig: mla layers need kv_lora_rank >= 1 and an even qk_rope_head_dim")
+        if self.embed_rank and self.tie_embeddings:
+            raise ValueError("ModelConfig: a low-rank embedding (embed_rank > 0) cannot be tied to the (V, d) head")
 
     def layer_kinds(self) -> list[str]:
         """Attention kind of each layer: `layer_pattern` cycled, or `attention` everywhere."""
@@ -119,6 +134,33 @@ class ModelConfig:
 
 
 _GPT2 = dict(family="gpt2", vocab_size=50257, max_seq_len=1024, mlp="gelu_tanh", norm_eps=1e-5)
+
+# SWA-MLA (Orolol/swamla, Oct-Nov 2025), train_swa_mla.sh defaults: 12 layers cycling 2 "SWA" : 1 MLA. Quirk 1:
+# the SWA layers ran full causal (the window mask was built, then discarded), so they are "full" here; the
+# intended window (keys i - j <= 256, i.e. 257 counting the token itself) + 4 sinks is the opt-in
+# layer_pattern=("sliding", "sliding", "mla"). RMSNorm eps 1e-6, interleaved RoPE, SiLU-GLU with [value | gate]
+# halves of width 4C, no biases, tied head; MLA R=256, Dn=128, Dr=64, Dv=128, direct wq.
+_SWA_MLA = dict(
+    family="swa-mla",
+    vocab_size=50257,
+    n_layer=12,
+    d_model=1024,
+    n_head=16,
+    max_seq_len=2048,
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    position="rope",
+    rope_style="interleaved",
+    layer_pattern=("full", "full", "mla"),
+    window=257,
+    sink_tokens=4,
+    qkv_bias=False,
+    out_bias=False,
+    mlp="glu",
+    glu_layout="gate_second",
+    mlp_bias=False,
+    kv_lora_rank=256,
+)
 
 # Sizes follow SEEDS.md: the size the upstream README describes (or its base config).
 PRESETS: dict[str, dict] = {
@@ -171,6 +213,26 @@ PRESETS: dict[str, dict] = {
         mlp="glu",
         glu_layout="gate_second",
     ),
-    # ---- "swa-mla-262m", "swa-mla-262m-instruct": added with models/mla.py ----
-    # ---- "inl-1b": added with models/inl.py ----
+    "swa-mla-262m": dict(_SWA_MLA, extra={"chat_format": "transcript"}),
+    # the instruct fine-tune adds <|im_start|> <|im_end|> (V 50259); the resize untied wte and lm_head. ChatML.
+    "swa-mla-262m-instruct": dict(_SWA_MLA, vocab_size=50259, tie_embeddings=False, extra={"chat_format": "chatml"}),
+    # INL-LLM 1B (pacific-prime777): low-rank embedding r = d/8, sinusoidal positions, packed-qkv MHA with biases,
+    # 10 integrator steps per layer with eval-mode early stopping, erf-GELU FFN, untied head; V = 50257 + 4 added.
+    "inl-1b": dict(
+        family="inl",
+        vocab_size=50261,
+        n_layer=28,
+        d_model=1600,
+        n_head=25,
+        d_ff=6400,
+        max_seq_len=2048,
+        position="sinusoidal",
+        mlp="gelu",
+        tie_embeddings=False,
+        block="inl",
+        embed_rank=200,
+        inl_iterations=10,
+        inl_early_stop=True,
+        extra={"chat_format": "inl"},
+    ),
 }

@@ -3,11 +3,14 @@
 Canonical parameter names (every checkpoint format maps onto these):
 
     tok_emb.weight (V, d)                    pos_emb.weight (max_seq_len, d)          [position="learned"]
+    tok_emb.weight (V, r), tok_proj.weight (d, r)                                     [embed_rank = r > 0]
     layers.{i}.attn_norm.{weight,bias}       layers.{i}.mlp_norm.{weight,bias}        [bias: layernorm only]
     layers.{i}.attn.wqkv.{weight,bias} ((H + 2 Hkv) hd, d)    layers.{i}.attn.wo.{weight,bias} (d, H hd)
     layers.{i}.attn.rel_bias (H, R)                                                   [rel_bias > 0]
     layers.{i}.mlp.w_in.{weight,bias} (d_ff or 2 d_ff, d) | layers.{i}.mlp.w_gate / w_up (d_ff, d)
     layers.{i}.mlp.w_out.{weight,bias} (d, d_ff)
+    layers.{i}.attn.{wq | wq_a, q_norm.*, wq_b}, layers.{i}.attn.{wkv_a, kv_norm.*, wkv_b, wo}    [mla layers]
+    layers.{i}.inl_norm.*, layers.{i}.inl.{mu_global, mu_offsets, ctrl_in.*, ctrl_out.*}         [block="inl"]
     norm.{weight,bias}                       lm_head.weight (V, d) [absent when tied], lm_head.bias (V,)
 """
 
@@ -64,7 +67,9 @@ class Transformer(nn.Module):
         if config.block not in BLOCKS:
             raise ValueError(f"unknown block type {config.block!r}; registered: {sorted(BLOCKS)}")
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.tok_emb = nn.Embedding(config.vocab_size, config.embed_rank or config.d_model)
+        # low-rank factorised embedding (INL): V x r table, then r -> d; the head stays a full (V, d) matrix
+        self.tok_proj = nn.Linear(config.embed_rank, config.d_model, bias=False) if config.embed_rank else None
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         self.layers = nn.ModuleList(BLOCKS[config.block](config, i) for i in range(config.n_layer))
         self.norm = make_norm(config) if config.final_norm else nn.Identity()
@@ -132,7 +137,9 @@ class Transformer(nn.Module):
         return self.lm_head(self.norm(x))  # (B, T, V)
 
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.tok_emb(ids)  # (B, T, d)
+        x = self.tok_emb(ids)  # (B, T, d) or (B, T, r)
+        if self.tok_proj is not None:
+            x = self.tok_proj(x)  # (B, T, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)  # (B, T, d)
         elif self.config.position == "sinusoidal":
