@@ -25,7 +25,7 @@ ext = Pybind11Extension(
 setup(
     packages=find_packages(include=["fastllm", "fastllm.*"]) + kernel_packages,
     package_dir={"fastllm.kernels": "kernels"},
-    package_data={"fastllm": ["assets/*"]},
+    package_data={"fastllm": ["assets/*", "assets/default/*"]},
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
     zip_safe=False,
