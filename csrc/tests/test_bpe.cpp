@@ -5,18 +5,10 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "bpe.h"
 
 using namespace fastllm;
-
-static int failures = 0;
-#define CHECK(cond)                                                   \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                     \
-    }                                                                 \
-  } while (0)
 
 static std::vector<uint32_t> ids(std::initializer_list<uint32_t> l) { return l; }
 
@@ -193,7 +185,7 @@ int main() {
   test_decode_and_errors();
   test_loaders();
   test_gpt2_assets();
-  if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
+  if (g_failures) std::fprintf(stderr, "%d check(s) failed\n", g_failures);
   else std::printf("test_bpe: all checks passed\n");
-  return failures ? 1 : 0;
+  return g_failures ? 1 : 0;
 }

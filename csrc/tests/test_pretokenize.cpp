@@ -11,20 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "check.h"
 #include "pretokenize.h"
 #include "unicode_tables.h"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                                   \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                                   \
-    }                                                                                 \
-  } while (0)
 
 using Pieces = std::vector<std::string>;
 
