@@ -4,8 +4,9 @@
 // quantifiers, atomic groups and lookaround, over the code points of UTF-8 text.
 //
 // Syntax: literals and escapes (\n \r \t \f \v \a \e \xHH \x{H..} \uHHHH \u{H..} \UHHHHHHHH, an
-// escaped symbol is itself); `.`; classes [...] with ranges, negation and nested shorthands;
-// \d \D \s \S \w \W \h \H; \p{..} / \P{..} / \pL with general categories by short or long name
+// escaped symbol is itself); `.`; classes [...] with ranges, negation and nested shorthands (a
+// '-' next to a shorthand is literal, as in Python); \d \D \s \S \w \W, \h \H (hex digits, as in
+// fancy-regex); \p{..} / \P{..} / \pL with general categories by short or long name
 // (L, Lu, Letter, Uppercase_Letter, gc=Lu, ...), Any, ASCII, White_Space, and Python's \p{^L};
 // `|`; groups (...), (?:...), (?P<n>...), (?<n>...), (?>...) atomic, (?=...) (?!...) lookahead,
 // (?<=...) (?<!...) fixed-length lookbehind, (?#...) comments; quantifiers * + ? {n} {n,} {n,m}
@@ -21,7 +22,13 @@
 //   match one code point later and drops an empty match right after a match (Python allows both;
 //   tiktoken itself panics on empty pieces, and the Pretokenizer drops them).
 // Case-insensitive matching uses Unicode simple case folding (k matches K and U+212A KELVIN SIGN,
-// s matches S and U+017F LONG S), as both engines do.
+// s matches S and U+017F LONG S), as both engines do; a class under (?i) gains the folding partners
+// of its members (Rust's rule: Python's `regex` makes (?i)\p{Lu} match every cased letter, U+FB00
+// included, and (?i)\u0131 match I).
+// A loop iteration that matches nothing ends the loop (Python's and PCRE's rule). Rust's automata
+// instead drop that path, which differs only for loop bodies whose preferred choice matches
+// nothing while a later one consumes: `x(?:\S|\n??)+` on "xa\nb" gives "xa" here and in Python,
+// "xa\nb" in tiktoken.
 //
 // Cost: matching backtracks. Once a text has cost more than the tokenizer patterns ever need, the
 // matcher memoizes failed (loop, position) states, which makes `(a|a)*b` or `(\w|\p{L})*x`

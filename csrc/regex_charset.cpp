@@ -1,7 +1,7 @@
 // Character classes for the regex engine: Unicode properties, \w, case folding, and CharSet.
 #include <algorithm>
-#include <iterator>
 #include <cstdint>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -20,8 +20,8 @@ namespace fastllm::rx {
 
 Category category_of(uint32_t cp) {
   if (cp > 0x10FFFF) return kNoCategory;
-  const uint32_t* end = std::end(kCategoryRuns);
-  const uint32_t* run = std::upper_bound(std::begin(kCategoryRuns), end, (cp << 5) | 31u) - 1;  // never before begin: run 0 starts at U+0000
+  // The last run starting at or before cp; the first run starts at U+0000, so there is one.
+  const uint32_t* run = std::upper_bound(std::begin(kCategoryRuns), std::end(kCategoryRuns), (cp << 5) | 31u) - 1;
   return static_cast<Category>(*run & 31u);
 }
 
@@ -49,7 +49,7 @@ namespace {
 // Unicode::UCD::casefold(cp)->{simple} (Unicode 14) plus the pairs Unicode 15 and 16 added
 // (U+1C89, U+A7CB..U+A7DC, Garay U+10D50..U+10D65), grouped by delta into runs. Every orbit was
 // checked against the `regex` module's (?i) on all code points; the one difference is U+0131
-// (dotless i), which Python's (?i)I also matches and Rust's, like this table, does not.
+// (dotless i): Python's (?i)\u0131 also matches I, Rust's (like this table) only itself.
 struct FoldRun {
   uint32_t lo, hi, stride;
   int32_t delta;

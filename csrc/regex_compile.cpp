@@ -358,12 +358,12 @@ void drop_useless_frames(Program* prog) {
 Program compile(std::string_view pattern) {
   Program prog;
   const Node root = parse(pattern, &prog.sets);
-  Compiler c(&prog);
-  c.emit(root);
-  c.add(Op::kMatch);
+  Compiler compiler(&prog);
+  compiler.emit(root);
+  compiler.add(Op::kMatch);
   drop_useless_frames(&prog);
   compute_first(&prog);
-  for (Branches& b : prog.branches) {
+  for (Branches& b : prog.branches) {  // the dispatch masks, from the first-sets of the branches
     for (size_t k = 0; k < b.targets.size(); ++k) {
       const FirstSet& f = prog.first[b.targets[k]];
       const uint64_t bit = uint64_t{1} << k;

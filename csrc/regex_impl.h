@@ -1,7 +1,8 @@
-// Internals of the regex engine; regex.h is its public face. Three files share these types:
-//   regex_charset.cpp  character classes, Unicode properties, case folding
-//   regex_parse.cpp    pattern -> syntax tree -> Program (the compiler)
-//   regex.cpp          the backtracking matcher and the Pretokenizer built on it
+// Internals of the regex engine; regex.h is its public face. The files that share these types:
+//   regex_charset.cpp   character classes, Unicode properties (regex_categories.h), case folding
+//   regex_parse.cpp     pattern -> syntax tree (Node)
+//   regex_compile.cpp   syntax tree -> Program, and the first-character analysis
+//   regex.cpp           the backtracking matcher and the Pretokenizer built on it
 #pragma once
 
 #include <cstddef>
@@ -151,7 +152,7 @@ enum class Op : uint8_t {
   kProgress,    // if position == reg x the iteration matched nothing: leave the loop, goto y
   kMemo,        // x: memo point; fail if this (x, position) already failed (see regex.cpp).
                 // y: 1 + the register of the innermost guarded loop around it, or 0
-  kFail,
+  kFail,        // ends the body of a negative lookaround: the body matched, the assertion fails
   kMatch,
 };
 
