@@ -17,6 +17,7 @@ _LAZY = {
     "save": "fastllm.checkpoints",
     "ModelConfig": "fastllm.models",
     "Transformer": "fastllm.models",
+    "generate": "fastllm.generate",
 }
 __all__ = ["Tokenizer", "train_bpe", *_LAZY]
 
