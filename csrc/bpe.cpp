@@ -297,7 +297,35 @@ bool CoreBPE::whole_token_ok(uint32_t id) const {
   return state == 1;
 }
 
-inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, std::vector<uint32_t>& out) const {
+// Pieces that are not whole tokens repeat within a text (word forms in Russian or German, indented
+// lines in code): their merges are remembered per thread for the rest of the current encode call.
+// Entries of earlier calls, or of another tokenizer, are invalid by their epoch, so a call never
+// sees work done by an earlier one (benchmarks that repeat a text are not flattered).
+struct PieceCache {
+  static constexpr size_t kSlots = 2048, kMaxBytes = 24, kMaxIds = 8;
+  struct Entry {
+    uint32_t epoch = 0;
+    uint8_t len = 0, num_ids = 0;
+    char bytes[kMaxBytes];
+    uint32_t ids[kMaxIds];
+  };
+  uint32_t epoch = 0;
+  Entry entries[kSlots];
+
+  static PieceCache& get() {
+    thread_local std::unique_ptr<PieceCache> cache(new PieceCache());
+    return *cache;
+  }
+  void begin_call() {
+    if (++epoch == 0) {  // wrapped: forget everything rather than confuse two calls 2^32 apart
+      for (Entry& e : entries) e.epoch = 0;
+      epoch = 1;
+    }
+  }
+};
+
+inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, PieceCache& cache,
+                                  std::vector<uint32_t>& out) const {
   if (n == 1) {
     out.push_back(byte_id_[static_cast<unsigned char>(*p)]);
     return;
@@ -307,8 +335,26 @@ inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, 
     out.push_back(id);
     return;
   }
-  if (n <= kSmallPiece) merge_small(p, n, out);
-  else merge_large(p, n, out);
+  if (n > PieceCache::kMaxBytes) {
+    if (n <= kSmallPiece) merge_small(p, n, out);
+    else merge_large(p, n, out);
+    return;
+  }
+  PieceCache::Entry& e = cache.entries[(key.hash >> 20) & (PieceCache::kSlots - 1)];
+  if (e.epoch == cache.epoch && e.len == n && std::memcmp(e.bytes, p, n) == 0) {
+    out.insert(out.end(), e.ids, e.ids + e.num_ids);
+    return;
+  }
+  size_t before = out.size();
+  merge_small(p, n, out);
+  size_t count = out.size() - before;
+  if (count <= PieceCache::kMaxIds) {
+    e.epoch = cache.epoch;
+    e.len = static_cast<uint8_t>(n);
+    e.num_ids = static_cast<uint8_t>(count);
+    std::memcpy(e.bytes, p, n);
+    std::memcpy(e.ids, out.data() + before, count * sizeof(uint32_t));
+  }
 }
 
 // ==== Encoding ====
@@ -317,6 +363,8 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out)
   thread_local std::vector<Span> spans;
   spans.clear();
   pretokenizer_->split(text, spans);
+  PieceCache& cache = PieceCache::get();
+  cache.begin_call();
   out.reserve(out.size() + spans.size() + spans.size() / 4);
   // Most pieces are whole tokens, so the cost is one hash lookup each: hash a block of pieces and
   // prefetch their slots first, so that the cache misses of a block overlap.
@@ -329,8 +377,8 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out)
                              text.size() - spans[i].first);
       ordinary_.prefetch(keys[i - b]);
     }
-    for (size_t i = b; i < e; ++i) encode_piece(text.data() + spans[i].first, spans[i].second - spans[i].first,
-                                                keys[i - b], out);
+    for (size_t i = b; i < e; ++i)
+      encode_piece(text.data() + spans[i].first, spans[i].second - spans[i].first, keys[i - b], cache, out);
   }
 }
 

@@ -24,6 +24,8 @@
 
 namespace fastllm {
 
+struct PieceCache;  // bpe.cpp
+
 // An error in a vocabulary, merges list or request, with a message meant for the user.
 class BpeError : public std::invalid_argument {
  public:
@@ -85,7 +87,8 @@ class CoreBPE {
   CoreBPE() = default;
   void init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std::string_view pattern);
   void init_byte_pairs();
-  void encode_piece(const char* p, size_t n, const BytesKey& key, std::vector<uint32_t>& out) const;
+  void encode_piece(const char* p, size_t n, const BytesKey& key, PieceCache& cache,
+                    std::vector<uint32_t>& out) const;
   void merge_small(const char* p, size_t n, std::vector<uint32_t>& out) const;
   void merge_large(const char* p, size_t n, std::vector<uint32_t>& out) const;
   bool whole_token_ok(uint32_t id) const;
