@@ -63,6 +63,14 @@ std::vector<uint32_t> ids_of(py::handle obj) {
   std::vector<uint32_t> ids(static_cast<size_t>(n));
   for (Py_ssize_t i = 0; i < n; ++i) {
     PyObject* item = items[i];
+    if (PyLong_CheckExact(item)) {  // the common case, without the subtype checks below
+      int overflow = 0;
+      long long v = PyLong_AsLongLongAndOverflow(item, &overflow);
+      if (overflow == 0 && v >= 0 && v < static_cast<long long>(CoreBPE::kNoToken)) {
+        ids[static_cast<size_t>(i)] = static_cast<uint32_t>(v);
+        continue;
+      }
+    }
     if (PyBool_Check(item) || PyFloat_Check(item))
       throw py::type_error(std::string("token ids must be int, got ") + Py_TYPE(item)->tp_name);
     int overflow = 0;

@@ -121,6 +121,7 @@ void CoreBPE::init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std
     special_first_byte_[static_cast<unsigned char>(s.text[0])] = true;
   }
   specials_ = std::move(specials);
+  arena_.append(kCopySlack, '\0');  // decode() may read up to kCopySlack bytes past a token
 }
 
 std::unique_ptr<CoreBPE> CoreBPE::from_ranks(Vocab ranks, std::vector<SpecialToken> specials,
@@ -427,14 +428,19 @@ void CoreBPE::decode(const uint32_t* ids, size_t n, std::string& out) const {
                      std::to_string(tokens_.size()) + ")");
     total += tokens_[id].len;
   }
+  // Tokens are short: copy a fixed 16 bytes (one vector move, where a memcpy of len bytes is a libc
+  // call) and advance by the real length. The arena and `out` have 16 bytes of slack for the overrun.
   size_t base = out.size();
-  out.resize(base + total);
+  out.resize(base + total + kCopySlack);
   char* dst = out.data() + base;
   for (size_t i = 0; i < n; ++i) {
     const TokenRef& t = tokens_[ids[i]];
-    std::memcpy(dst, arena_.data() + t.off, t.len);
+    const char* src = arena_.data() + t.off;
+    if (t.len <= kCopySlack) std::memcpy(dst, src, kCopySlack);
+    else std::memcpy(dst, src, t.len);
     dst += t.len;
   }
+  out.resize(base + total);
 }
 
 // ==== Merges of a ranks vocabulary ====

@@ -80,6 +80,7 @@ class CoreBPE {
   Merges merges() const;
 
  private:
+  static constexpr size_t kCopySlack = 16;
   struct TokenRef {
     uint32_t off = 0, len = kNoToken;
     bool special = false;
