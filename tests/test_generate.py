@@ -95,6 +95,15 @@ def test_sliding_window_rings_wrap(name, kw):
     assert (stats.slides > 0) == ("max_seq_len" in kw)  # 11 + 40 tokens pass 24 learned positions, not 64
 
 
+@pytest.mark.parametrize("prompt_len, new", [(1, 1), (2, 2), (3, 1)])
+def test_short_generations_with_more_sinks_than_cache_slots(prompt_len, new):
+    # The cache holds only prompt + new - 1 tokens, fewer than the 4 sink slots of the sliding layers.
+    model = tiny_model("swa-mla-262m", layer_pattern=("sliding", "sliding", "mla"), window=6, sink_tokens=4)
+    prompt = torch.randint(0, 97, (prompt_len,)).tolist()
+    out, _ = engine.generate(model, [prompt], new, sampling=GREEDY)
+    assert out == [reference(model, prompt, new)]
+
+
 @pytest.mark.parametrize(
     "name, max_length, keep", [("gpt2", None, None), ("llm-scratch-v2", 10, None), ("swa-mla-262m", 12, 3)]
 )

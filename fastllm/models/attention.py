@@ -58,6 +58,7 @@ class Attention(nn.Module):
         if self.window is not None:
             slots = min(max_seq_len, self.window + self.sink_tokens + max_chunk - 1)
             ring = slots < max_seq_len
+            slots = max(slots, self.sink_tokens + 1)  # the swa_decode layout needs a ring after the sinks
         return KVCache.empty(
             batch,
             slots,
