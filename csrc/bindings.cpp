@@ -149,8 +149,12 @@ py::tuple encode_batch(const CoreBPE& bpe, const py::list& texts, py::object pol
   {
     py::gil_scoped_release release;
     parallel_for(n, threads, [&](size_t i) {
-      if (ordinary) bpe.encode_ordinary(utf8[i].view, out[i]);
-      else bad[i] = bpe.encode(utf8[i].view, pol, out[i]);
+      // Encode into a local vector: out[i] and out[i + 1] share a cache line, and threads take
+      // neighbouring texts, so appending to out[i] directly would bounce that line between cores.
+      std::vector<uint32_t> ids;
+      if (ordinary) bpe.encode_ordinary(utf8[i].view, ids);
+      else bad[i] = bpe.encode(utf8[i].view, pol, ids);
+      out[i] = std::move(ids);
     });
   }
   for (size_t i = 0; i < n; ++i)
