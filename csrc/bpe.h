@@ -81,6 +81,7 @@ class CoreBPE {
 
  private:
   static constexpr size_t kCopySlack = 16;
+  static constexpr size_t kSmallPiece = 96;  // longer pieces merge through a queue, not O(n^2) scans
   struct TokenRef {
     uint32_t off = 0, len = kNoToken;
     bool special = false;
