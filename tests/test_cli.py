@@ -19,7 +19,7 @@ from fastllm.models import ModelConfig, Transformer
 
 CORPUS = "the cat sat on the mat. the dog ate the bone. a bird sang in the tree. " * 40
 gen_mod = importlib.import_module("fastllm.generate")  # the module; `fastllm.generate` may be the function
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # tiny matmuls: threads only contend
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", FASTLLM_KERNELS="reference")  # threads only contend
 METRICS = re.compile(
     r"^\[metrics\] prompts=(\d+) prompt_tokens=\d+ prefill=[\d.]+ ms decode=(\d+) tokens in [\d.]+ s "
     r"\([\d.]+ tok/s\) peak_memory=[\d.]+ MiB \((peak RSS|CUDA max allocated)\) device=cpu dtype=float32$",

@@ -1,0 +1,23 @@
+"""Test-wide setup: Triton kernels run on CPU tensors through Triton's interpreter.
+
+`TRITON_INTERPRET=1` must be in the environment before `triton` is first imported, so it is set here, at collection.
+Under the interpreter the dispatch rule of DESIGN.md would send every op of every model test through an interpreted
+kernel (~0.5 ms per program instance), so each test runs with one backend forced:
+
+- tests marked `triton` (kernel tests: `pytestmark = pytest.mark.triton`) run with `FASTLLM_KERNELS=triton`, so a
+  kernel that cannot run fails loudly instead of falling back to the reference;
+- every other test runs with `FASTLLM_KERNELS=reference` (the CPU path users get without the interpreter).
+
+A test may still set either variable itself with `monkeypatch`; that wins over the default set here.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _kernel_backend(request, monkeypatch):
+    monkeypatch.setenv("FASTLLM_KERNELS", "triton" if request.node.get_closest_marker("triton") else "reference")
