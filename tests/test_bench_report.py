@@ -1,0 +1,49 @@
+"""`python -m fastllm.bench_report`: pytest-benchmark JSON in, one Markdown table + PNG per bench family out."""
+
+import json
+
+import pytest
+
+from fastllm import bench_report
+
+
+def _bench(fullname, provider, median, **extra):
+    info = {"provider": provider, "median_s": median, "p20_s": median * 0.9, "p80_s": median * 1.1, **extra}
+    return {"name": fullname.split("::")[1], "fullname": fullname, "stats": {"median": median}, "extra_info": info}
+
+
+@pytest.fixture
+def run_json(tmp_path):
+    benches = [
+        _bench("benches/bench_tokenizer.py::test_encode[a]", "fastllm", 0.010, corpus="english", mb_per_s=100.0),
+        _bench("benches/bench_tokenizer.py::test_encode[b]", "tiktoken", 0.050, corpus="english", mb_per_s=20.0),
+        _bench("benches/bench_glu.py::test_glu[c]", "triton", 2e-4, shape="T=3 F=97", cpu="X", commit="abc1234"),
+        {"name": "test_untimed", "fullname": "benches/bench_glu.py::test_untimed", "stats": None, "extra_info": {}},
+    ]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
+    return path
+
+
+def test_report_tables_and_plots(run_json, tmp_path):
+    out = tmp_path / "report"
+    assert bench_report.main([str(run_json), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["glu.md", "glu.png", "index.md", "tokenizer.md", "tokenizer.png"]
+    tok = (out / "tokenizer.md").read_text()
+    assert "| corpus=english | fastllm | 10 ms | 9 ms - 11 ms | 100 |" in tok
+    assert "| corpus=english | tiktoken | 50 ms | 45 ms - 55 ms | 20 |" in tok
+    glu = (out / "glu.md").read_text()
+    assert "Measured on: cpu X, commit abc1234" in glu and "| T=3 F=97 | triton | 200 us |" in glu
+    assert (out / "glu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[glu](glu.md)" in (out / "index.md").read_text()
+
+
+def test_report_rejects_what_is_not_a_benchmark_run(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="not pytest-benchmark JSON"):
+        bench_report.main([str(bad)])
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    assert bench_report.main([str(empty), "--out", str(tmp_path / "o")]) == 1
+    assert "run with --benchmark" in capsys.readouterr().err
