@@ -10,7 +10,9 @@ bookkeeping on the hot path. Sampling goes through `fastllm.kernels.sample` only
 prompt + generated tokens (Hugging Face convention: the whole history of the row, -1 past its end).
 
 Host syncs: none per token on CUDA, except the one read of the new ids when the caller asks for them (`on_step`,
-used for streaming and stop strings); without `on_step` the all-rows-done check runs every `sync_every` steps.
+used for streaming and stop strings); without `on_step` the all-rows-done check runs every `sync_every` steps. The
+sampler's error flag (NaN or +inf logits and other errors the Triton sampler records instead of raising) is read
+every `sync_every` steps and when decoding ends, and raises the sampler's ValueError.
 Everything the host needs (row lengths, when a row's context is full) is known on the host by construction; a
 context slide (below) syncs once, when `Cache.row` checks the emptied row. (The sampler and attention ops must keep
 their own side of this: the eager references validate inputs on the host, the Triton kernels are meant not to.)
@@ -96,6 +98,7 @@ class DecodeState:
         self.start = [0 if ctx is None else max(0, n - ctx) for n in self.lengths]  # first token of the context
         self.pos = torch.tensor(self.lengths, device=device)[:, None]  # (B, 1) where the next token goes
         self.done = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+        self.nan_flag = torch.zeros(1, dtype=torch.int32, device=device)  # the sampler's error bits (K.sample)
         self.host_done = [False] * B  # what the host has learned (on_step reads, stops)
         self.stop_step = [None] * B  # step at which the caller stopped a row
         self.eos = eos  # (E,) int64 on device, or None
@@ -146,6 +149,7 @@ def sample_next(logits: torch.Tensor, state: DecodeState, sampling: SamplingPara
         repetition_penalty=sampling.repetition_penalty,
         prev_tokens=state.tokens if penalised else None,  # (B, W), -1 is padding to the sampler
         generator=generator,
+        nan_flag=state.nan_flag,
     )
 
 
@@ -180,9 +184,14 @@ def decode_n_tokens(
     """Samples up to n tokens per row starting from logits (B, V); returns the number of steps run.
 
     `on_step(step, ids)` gets each step's ids (B,) as a host list (one read per step) and returns the rows to stop
-    now (e.g. a stop string completed); the loop ends early once every row is done."""
+    now (e.g. a stop string completed); the loop ends early once every row is done. Raises the sampler's ValueError
+    (e.g. NaN logits) at the first sync point after it was flagged."""
+    steps = n
     for i in range(n):
         nxt = state.append(sample_next(logits, state, sampling, generator))  # (B,)
+        synced = (i + 1) % sync_every == 0
+        if synced:
+            K.check_sample_flag(state.nan_flag)
         if on_step is not None:
             ids = nxt.tolist()  # the one host read per token, for the caller's streaming / stop strings
             stop = set(on_step(i, ids) or ())
@@ -193,17 +202,20 @@ def decode_n_tokens(
             if stop:
                 state.done[sorted(stop)] = True
             if all(state.host_done):
-                return i + 1
-        elif (i + 1) % sync_every == 0 and bool(state.done.all()):  # a sync every sync_every steps only
-            return i + 1
+                steps = i + 1
+                break
+        elif synced and bool(state.done.all()):  # a sync every sync_every steps only
+            steps = i + 1
+            break
         if i == n - 1:
-            return n  # the last token is never fed back
+            break  # the last token is never fed back
         if ctx is not None:
             for b in range(len(state.lengths)):
                 if state.lengths[b] - 1 - state.start[b] == ctx:  # the cache is full: nxt would not fit
                     slide(model, cache, state, b, keep)
         logits = step_fn(model, nxt, cache)  # (B, V)
-    return n
+    K.check_sample_flag(state.nan_flag)
+    return steps
 
 
 def _sync(device: torch.device) -> None:

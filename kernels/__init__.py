@@ -17,7 +17,8 @@ import torch
 from fastllm.kernels import _ops
 from fastllm.kernels._dispatch import backend_for as backend_for
 from fastllm.kernels.reference.glu import ACTIVATIONS
-from fastllm.kernels.reference.sampling import per_row, uniform_noise
+from fastllm.kernels.reference.sampling import check_flag as check_sample_flag
+from fastllm.kernels.reference.sampling import per_row, seeds_for
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -259,6 +260,46 @@ def glu_packed(x, activation="silu", *, gate_first=True):
     return _ops.glu_packed(x, activation, bool(gate_first))
 
 
+def glu_linear(x, w_gate_up, activation="silu", layout="gate_first", *, bias=None):
+    """Projection and GLU in one matmul: act(x @ Wg^T + bg) * (x @ Wu^T + bu), the (..., 2I) projection never stored.
+
+    Args:
+        x: (..., K) float.
+        w_gate_up: (2I, K), same dtype and device as x, in nn.Linear's (out_features, in_features) layout: the packed
+            weight of a GLU MLP's input projection.
+        activation: as in `glu`.
+        layout: "gate_first" (rows [0, I) of w_gate_up and bias are the gate, [I, 2I) the up projection) or
+            "gate_second" (rows [0, I) are up, [I, 2I) the gate: the SWA-MLA and llm-scratch-v2 checkpoints).
+        bias: (2I,) or None, laid out like the rows of w_gate_up.
+
+    Returns (..., I) in x's dtype. Equals `glu_packed(F.linear(x, w_gate_up, bias), activation,
+    gate_first=layout == "gate_first")` (the reference path computes exactly that); the Triton kernel accumulates
+    in fp32 and applies the GLU before rounding once. Built for inference; it is differentiable too, with a
+    backward that recomputes the projection in eager torch.
+    """
+    _require(
+        x.is_floating_point() and x.dim() >= 1 and w_gate_up.dim() == 2,
+        f"glu_linear: x must be float (..., K) and w_gate_up 2-D, got {tuple(x.shape)} and {tuple(w_gate_up.shape)}",
+    )
+    _require(
+        w_gate_up.shape[0] % 2 == 0 and w_gate_up.shape[1] == x.shape[-1],
+        f"glu_linear: w_gate_up must be (2I, K={x.shape[-1]}), got {tuple(w_gate_up.shape)}",
+    )
+    _require(
+        w_gate_up.dtype == x.dtype and w_gate_up.device == x.device,
+        f"glu_linear: w_gate_up ({w_gate_up.dtype}, {w_gate_up.device}) must match x ({x.dtype}, {x.device})",
+    )
+    if bias is not None:
+        _require(
+            bias.shape == (w_gate_up.shape[0],) and bias.dtype == x.dtype and bias.device == x.device,
+            f"glu_linear: bias must be ({w_gate_up.shape[0]},) {x.dtype}, got {tuple(bias.shape)} {bias.dtype}",
+        )
+    _require(activation in ACTIVATIONS, f"glu_linear: unknown activation {activation!r}; expected {ACTIVATIONS}")
+    layouts = ("gate_first", "gate_second")
+    _require(layout in layouts, f"glu_linear: unknown layout {layout!r}; expected one of {layouts}")
+    return _ops.glu_linear(x, w_gate_up, bias, activation, layout == "gate_first")
+
+
 def sample(
     logits,
     *,
@@ -270,11 +311,13 @@ def sample(
     prev_tokens=None,
     generator=None,
     noise=None,
+    seed=None,
+    nan_flag=None,
 ):
     """Draw one next-token id per row. Order: penalty, temperature, top-k, top-p, min-p, sample.
 
     Args:
-        logits: (B, V) float; NaN or +inf, or a row that is all -inf, raises ValueError.
+        logits: (B, V) float; NaN or +inf, or a row that is all -inf, is an error (see nan_flag).
         temperature: >= 0, a scalar or a (B,) tensor; 0 is greedy for that row (argmax of the penalised logits,
             the first index on ties).
         top_k: int >= 0 or (B,); keeps every token whose logit is >= the k-th largest (ties at the boundary are
@@ -285,17 +328,29 @@ def sample(
         repetition_penalty: > 0 or (B,); Hugging Face convention: the logit of every token in prev_tokens is
             divided by the penalty if positive, multiplied if negative (once per token, whatever its count).
         prev_tokens: (B, L) integer ids or None; negative ids (e.g. -1) are padding and ignored.
-        generator: torch.Generator for reproducible draws (same seed, same ids on the same device).
-        noise: (B, V) float32 U[0, 1) noise to use instead of drawing it (then generator is ignored).
+        generator: torch.Generator on the logits' device for reproducible draws (same generator state, same ids on
+            the same device and backend); None uses the global RNG.
+        noise: (B, V) float32 U[0, 1) noise to use instead of drawing it (then generator and seed are ignored).
+        seed: instead of generator: an int, or an integer tensor of shape (1,) (one seed for the batch) or (B,) (one
+            per row: a row's draw then depends on its own seed and logits only). An int costs a copy to the device;
+            a device tensor costs nothing.
+        nan_flag: None, or an int32 (1,) tensor on the logits' device. The Triton kernel cannot raise without a
+            host sync, so it ORs error bits into a flag (and still returns ids in [0, V)): into nan_flag when given,
+            for the caller to check with `check_sample_flag(nan_flag)` when it syncs anyway (e.g. once per
+            generation); else into its own flag, checked once per call (one host read). The reference path raises
+            ValueError at once either way and never writes the flag.
 
     Returns ids (B,) int64.
 
-    How it is built: custom ops cannot take a torch.Generator, so `sample` draws U[0, 1) noise (B, V) from
-    `generator` (skipped for a Python temperature of 0) and calls the custom op `fastllm::sample_from_noise`, which
-    takes E = -log(u) ~ Exp(1) and returns argmax(p_i / E_i) over the surviving tokens: an exact draw from the
-    renormalised filtered distribution, with no normalisation or cumulative sum and no host sync in the draw
-    itself (the reference does sync to validate its inputs). Under torch.compile(fullgraph=True) pass
-    generator=None (the global RNG; inductor draws it with its own RNG, so seeded ids differ from eager) or `noise`.
+    How it is built: custom ops cannot take a torch.Generator, so `sample` turns the randomness into a tensor:
+    without `noise` it draws one int64 seed from `generator` on the logits' device (no host sync; skipped for a
+    Python temperature of 0) and calls the custom op `fastllm::sample_philox`; with `noise` it calls
+    `fastllm::sample_from_noise`. Both take E = -log(u) ~ Exp(1) per token and return argmax(p_i / E_i) over the
+    surviving tokens: an exact draw from the renormalised filtered distribution, with no normalisation or
+    cumulative sum. The Triton kernel makes u with Philox in registers and finds the top-k / top-p cut by a radix
+    select, without sorting (`fastllm.kernels.triton.sampling`); the reference seeds a torch generator with the
+    seed and sorts, so one seed gives different ids on the two paths. Under torch.compile(fullgraph=True) pass
+    generator=None (the global RNG), a seed tensor, or noise.
 
     Example:
         >>> logits = torch.randn(2, 50)
@@ -314,20 +369,35 @@ def sample(
             prev_tokens.dim() == 2 and prev_tokens.shape[0] == B and not prev_tokens.is_floating_point(),
             f"sample: prev_tokens must be an integer (B={B}, L) tensor, got {tuple(prev_tokens.shape)}",
         )
-    if noise is None and not (isinstance(temperature, (int, float)) and temperature == 0):
-        noise = uniform_noise(logits, generator)
-    if noise is not None:
-        _require(noise.shape == logits.shape, f"sample: noise must be {tuple(logits.shape)}, got {tuple(noise.shape)}")
-    return _ops.sample_from_noise(
-        logits,
-        noise,
+    if nan_flag is not None:
+        _require(
+            nan_flag.shape == (1,) and nan_flag.dtype == torch.int32 and nan_flag.device == device,
+            f"sample: nan_flag must be an int32 (1,) tensor on {device}, got {tuple(nan_flag.shape)} "
+            f"{nan_flag.dtype} on {nan_flag.device}",
+        )
+    params = (
         per_row(temperature, B, torch.float32, device, "temperature"),
         per_row(top_k, B, torch.int64, device, "top_k"),
         per_row(top_p, B, torch.float32, device, "top_p"),
         per_row(min_p, B, torch.float32, device, "min_p"),
         per_row(repetition_penalty, B, torch.float32, device, "repetition_penalty"),
-        prev_tokens,
     )
+    if noise is not None:
+        _require(noise.shape == logits.shape, f"sample: noise must be {tuple(logits.shape)}, got {tuple(noise.shape)}")
+        return _ops.sample_from_noise(logits, noise, *params, prev_tokens, nan_flag)
+    if seed is None and isinstance(temperature, (int, float)) and temperature == 0:
+        seed = torch.zeros(1, dtype=torch.int64, device=device)  # greedy: leave the generator alone
+    return _ops.sample_philox(logits, seeds_for(logits, seed, generator), *params, prev_tokens, nan_flag)
 
 
-__all__ = ["backend_for", "glu", "glu_packed", "mla_decode", "sample", "sliding_window_attention", "swa_decode"]
+__all__ = [
+    "backend_for",
+    "check_sample_flag",
+    "glu",
+    "glu_linear",
+    "glu_packed",
+    "mla_decode",
+    "sample",
+    "sliding_window_attention",
+    "swa_decode",
+]

@@ -37,7 +37,10 @@ OPS = (
     "glu",
     "glu_backward",
     "glu_packed",
+    "glu_packed_backward",
+    "glu_linear",
     "sample_from_noise",
+    "sample_philox",
 )
 
 F = TypeVar("F", bound=Callable)

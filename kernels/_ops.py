@@ -8,8 +8,10 @@ and the fakes promise contiguous strides).
 
 Encodings forced by the custom-op type system: `window=None` is passed as -1, `softmax_scale=None` is resolved by
 the public function, and the optional sampling parameters are per-row tensors. Differentiable ops register their
-backward as another custom op (`sliding_window_attention_backward`, `glu_backward`) so that a Triton backward can
-plug into the same dispatch; the lse output of `sliding_window_attention` is not differentiable.
+backward as another custom op (`sliding_window_attention_backward`, `glu_backward`, `glu_packed_backward`) so
+that a Triton backward can plug into the same dispatch; the lse output of `sliding_window_attention` is not
+differentiable. `glu_linear` (projection + GLU in one matmul) is an inference kernel; its autograd recomputes the
+projection in eager torch.
 """
 
 import torch
@@ -21,10 +23,12 @@ from fastllm.kernels.reference.attention import sliding_window_attention_backwar
 from fastllm.kernels.reference.attention import swa_decode as _swa_decode_ref
 from fastllm.kernels.reference.glu import glu as _glu_ref
 from fastllm.kernels.reference.glu import glu_backward as _glu_bwd_ref
+from fastllm.kernels.reference.glu import glu_linear as _glu_linear_ref
 from fastllm.kernels.reference.glu import glu_packed as _glu_packed_ref
-from fastllm.kernels.reference.glu import split_packed
+from fastllm.kernels.reference.glu import glu_packed_backward as _glu_packed_bwd_ref
 from fastllm.kernels.reference.mla import mla_decode as _mla_decode_ref
 from fastllm.kernels.reference.sampling import sample_from_noise as _sample_ref
+from fastllm.kernels.reference.sampling import sample_philox as _sample_philox_ref
 
 
 def _window(window: int) -> int | None:
@@ -238,35 +242,104 @@ def _glu_packed_setup(ctx, inputs, output):
     ctx.args = (activation, gate_first)
 
 
+@torch.library.custom_op("fastllm::glu_packed_backward", mutates_args=())
+def glu_packed_backward(grad: Tensor, x: Tensor, activation: str, gate_first: bool) -> Tensor:
+    impl = _dispatch.pick("glu_packed_backward", x.device, _glu_packed_bwd_ref)
+    return impl(grad, x, activation, gate_first=gate_first).contiguous()
+
+
+@glu_packed_backward.register_fake
+def _(grad, x, activation, gate_first):
+    return x.new_empty(x.shape)
+
+
 def _glu_packed_backward(ctx, grad):
     (x,) = ctx.saved_tensors
-    activation, gate_first = ctx.args
-    gate, up = split_packed(x, gate_first)
-    dgate, dup = glu_backward(grad, gate, up, activation)
-    return torch.cat([dgate, dup] if gate_first else [dup, dgate], dim=-1), None, None
+    return glu_packed_backward(grad, x, *ctx.args), None, None
 
 
 glu_packed.register_autograd(_glu_packed_backward, setup_context=_glu_packed_setup)
 
 
-# ---- sampling: the noise is an input because custom ops cannot take a torch.Generator --------------------------
+# ---- projection + GLU in one matmul (an inference kernel; its backward recomputes the projection) ----------------
 
 
-@torch.library.custom_op("fastllm::sample_from_noise", mutates_args=())
+@torch.library.custom_op("fastllm::glu_linear", mutates_args=())
+def glu_linear(x: Tensor, w_gate_up: Tensor, bias: Tensor | None, activation: str, gate_first: bool) -> Tensor:
+    impl = _dispatch.pick("glu_linear", x.device, _glu_linear_ref)
+    return impl(x, w_gate_up, activation, gate_first=gate_first, bias=bias).contiguous()
+
+
+@glu_linear.register_fake
+def _(x, w_gate_up, bias, activation, gate_first):
+    return x.new_empty(*x.shape[:-1], w_gate_up.shape[0] // 2)
+
+
+def _glu_linear_setup(ctx, inputs, output):
+    x, w_gate_up, bias, activation, gate_first = inputs
+    ctx.save_for_backward(x, w_gate_up, bias)
+    ctx.args = (activation, gate_first)
+
+
+def _glu_linear_backward(ctx, grad):
+    """The backward of F.linear followed by glu_packed, with the (..., 2I) projection recomputed in eager torch."""
+    x, w, bias = ctx.saved_tensors
+    dh = glu_packed_backward(grad, torch.nn.functional.linear(x, w, bias), *ctx.args)  # (..., 2I)
+    dh2 = dh.reshape(-1, dh.shape[-1])  # (M, 2I)
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    dx = dh @ w if need_x else None  # (..., K)
+    dw = dh2.T @ x.reshape(-1, x.shape[-1]) if need_w else None  # (2I, K)
+    db = dh2.sum(0) if need_b else None  # (2I,)
+    return dx, dw, db, None, None
+
+
+glu_linear.register_autograd(_glu_linear_backward, setup_context=_glu_linear_setup)
+
+
+# ---- sampling: the randomness is an input (noise or seeds) because custom ops cannot take a torch.Generator -------
+# nan_flag, an int32 (1,) tensor or None, is where the Triton kernel ORs its error bits instead of raising (no host
+# sync); with None the launcher checks its own flag once per call. The references raise and never write it.
+
+
+@torch.library.custom_op("fastllm::sample_from_noise", mutates_args=("nan_flag",))
 def sample_from_noise(
     logits: Tensor,
-    noise: Tensor | None,
+    noise: Tensor,
     temperature: Tensor,
     top_k: Tensor,
     top_p: Tensor,
     min_p: Tensor,
     repetition_penalty: Tensor,
     prev_tokens: Tensor | None,
+    nan_flag: Tensor | None = None,
 ) -> Tensor:
     impl = _dispatch.pick("sample_from_noise", logits.device, _sample_ref)
-    return impl(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens).contiguous()
+    ids = impl(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag)
+    return ids.contiguous()
 
 
 @sample_from_noise.register_fake
-def _(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens):
+def _(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag=None):
+    return logits.new_empty(logits.shape[0], dtype=torch.int64)
+
+
+@torch.library.custom_op("fastllm::sample_philox", mutates_args=("nan_flag",))
+def sample_philox(
+    logits: Tensor,
+    seed: Tensor,
+    temperature: Tensor,
+    top_k: Tensor,
+    top_p: Tensor,
+    min_p: Tensor,
+    repetition_penalty: Tensor,
+    prev_tokens: Tensor | None,
+    nan_flag: Tensor | None = None,
+) -> Tensor:
+    impl = _dispatch.pick("sample_philox", logits.device, _sample_philox_ref)
+    ids = impl(logits, seed, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag)
+    return ids.contiguous()
+
+
+@sample_philox.register_fake
+def _(logits, seed, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag=None):
     return logits.new_empty(logits.shape[0], dtype=torch.int64)

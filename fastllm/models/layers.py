@@ -86,8 +86,11 @@ class MLP(nn.Module):
     """Position-wise feed-forward: w_out(act(w_in x)), or a GLU w_out(act(gate) * up) through fastllm.kernels.
 
     GLU weights keep the upstream layout instead of being reordered at load: packed `w_in` (2 * d_ff rows) with the
-    gate as the first or the second half (the kernel reads either), or separate `w_gate` / `w_up`. The plain GELU
-    MLP has no fused kernel (nothing to fuse after the matmul), so it calls F.gelu.
+    gate as the first or the second half (the kernel reads either), or separate `w_gate` / `w_up`. In inference,
+    where dispatch picks the Triton kernel of `glu_linear`, a packed GLU runs the projection and the GLU as one
+    matmul (the 2 * d_ff-wide projection is never written); elsewhere, and whenever autograd records, it is
+    w_in then glu_packed, which computes the same thing. The plain GELU MLP has no fused kernel (nothing to fuse
+    after the matmul), so it calls F.gelu.
     """
 
     def __init__(self, config: ModelConfig):
@@ -104,8 +107,22 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "glu" and self.layout == "separate":
             h = K.glu(self.w_gate(x), self.w_up(x), self.activation)  # (B, T, ff)
+        elif self.kind == "glu" and self._fused_glu(x):
+            h = K.glu_linear(x, self.w_in.weight, self.activation, self.layout, bias=self.w_in.bias)  # (B, T, ff)
         elif self.kind == "glu":
             h = K.glu_packed(self.w_in(x), self.activation, gate_first=self.layout == "gate_first")  # (B, T, ff)
         else:
             h = F.gelu(self.w_in(x), approximate="tanh" if self.kind == "gelu_tanh" else "none")  # (B, T, ff)
         return self.w_out(h)
+
+    def _fused_glu(self, x: torch.Tensor) -> bool:
+        """Whether the packed GLU takes the fused `K.glu_linear` path: no autograd recording, Triton dispatched."""
+        records = torch.is_grad_enabled() and (x.requires_grad or self.w_in.weight.requires_grad)
+        return not records and _glu_linear_backend(x.device) == "triton"
+
+
+@torch.compiler.assume_constant_result
+def _glu_linear_backend(device: torch.device) -> str:
+    """K.backend_for("glu_linear", device). torch.compile calls it once, while tracing, and keeps the path it picks
+    (importing the Triton kernels cannot be traced)."""
+    return K.backend_for("glu_linear", device)

@@ -1,4 +1,5 @@
-"""Eager reference for gated linear units: act(gate) * up, with separate or packed gate/up, and its backward.
+"""Eager reference for gated linear units: act(gate) * up, with separate or packed gate/up, and its backward; and
+`glu_linear`, the input projection of a GLU MLP followed by the GLU.
 
 Computed in fp32 (fp64 inputs stay fp64), returned in the input dtype. Per element: reads 2 values, writes 1
 (forward); reads 3, writes 2 (backward).
@@ -74,3 +75,25 @@ def glu_backward(grad: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, activ
     dgate = go * u * activate_grad(g, activation)  # (..., I)
     dup = go * activate(g, activation)  # (..., I)
     return dgate.to(gate.dtype), dup.to(up.dtype)
+
+
+def glu_packed_backward(grad: torch.Tensor, x: torch.Tensor, activation: str = "silu", *, gate_first: bool = True):
+    """d x (..., 2I) of `glu_packed(x, activation, gate_first=gate_first)`, laid out like x."""
+    dgate, dup = glu_backward(grad, *split_packed(x, gate_first), activation)  # (..., I) each
+    return torch.cat([dgate, dup] if gate_first else [dup, dgate], dim=-1)  # (..., 2I)
+
+
+def glu_linear(
+    x: torch.Tensor,
+    w_gate_up: torch.Tensor,
+    activation: str = "silu",
+    *,
+    gate_first: bool = True,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference of `fastllm.kernels.glu_linear`: glu_packed(F.linear(x, w_gate_up, bias)), x (..., K) -> (..., I).
+
+    w_gate_up is (2I, K) in nn.Linear's layout; the projection is rounded to x's dtype before the GLU, exactly as
+    the model's MLP computes it unfused.
+    """
+    return glu_packed(F.linear(x, w_gate_up, bias), activation, gate_first=gate_first)  # (..., I)

@@ -2,19 +2,74 @@
 
 The draw is an exponential race: with u ~ U[0, 1) i.i.d. per (row, token) and E = -log(u) ~ Exp(1),
 argmax_i p_i / E_i is distributed exactly as Categorical(p / sum p) (the same trick as Gumbel-max), so a draw needs
-no normalisation, no cumulative sum and no host sync. The uniform noise is an explicit input (`sample_from_noise`):
-`torch.library` custom ops cannot take a `torch.Generator`, so the public `sample` draws the noise from the caller's
-generator first and passes it in. The reference and every kernel therefore turn the same noise into the same ids.
+no normalisation, no cumulative sum and no host sync. `torch.library` custom ops cannot take a `torch.Generator`,
+so the randomness enters as a tensor, in one of two forms:
+
+- `sample_from_noise`: explicit U[0, 1) noise (B, V); the reference and every kernel turn the same noise into the
+  same ids.
+- `sample_philox`: int64 seeds, (1,) for the batch or (B,) one per row, which the public `sample` draws from the
+  caller's generator on the logits' device (`seeds_for`, no host sync). The Triton kernel turns them into Philox
+  noise in registers; this reference seeds torch generators with them (`seeded_noise`), so the two paths agree in
+  distribution but not id for id.
 """
 
 import torch
 
 _NEG_INF = float("-inf")
 
+# Bits of the int32 flag that the Triton sampler ORs in where the reference raises (it cannot raise without a host
+# sync); `check_flag` turns them into the reference's errors.
+FLAG_NAN, FLAG_POSINF, FLAG_NEG_INF_ROW, FLAG_BAD_PARAM, FLAG_BAD_TOKEN = 1, 2, 4, 8, 16
+FLAG_MESSAGES = {
+    FLAG_NAN: "logits contain NaN",
+    FLAG_POSINF: "logits contain +inf",
+    FLAG_NEG_INF_ROW: "every logit is -inf in a row",
+    FLAG_BAD_PARAM: "a row's temperature, top_k, top_p, min_p or repetition_penalty is out of range (temperature "
+    ">= 0, top_k >= 0, top_p and min_p in [0, 1], repetition_penalty > 0)",
+    FLAG_BAD_TOKEN: "prev_tokens holds an id >= the vocabulary size",
+}
+
+
+def check_flag(flag: torch.Tensor) -> None:
+    """Raises the ValueError that `sample(..., nan_flag=flag)` calls recorded in `flag` (NaN or +inf logits, a row
+    of -inf, a parameter out of range, an id >= V in prev_tokens), naming each; nothing if none did. One host read.
+    """
+    bits = int(flag.item())
+    if bits:
+        raise ValueError("sample: " + "; ".join(msg for bit, msg in FLAG_MESSAGES.items() if bits & bit))
+
 
 def uniform_noise(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """U[0, 1) noise (B, V) fp32 for `sample_from_noise`, drawn from `generator` (the global RNG when None)."""
     return torch.rand(logits.shape, generator=generator, dtype=torch.float32, device=logits.device)  # (B, V)
+
+
+def seeds_for(logits: torch.Tensor, seed=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The int64 seeds `sample_philox` takes, on logits' device: `seed` as given (an int, or an integer (1,) or (B,)
+    tensor: one seed per row), else a fresh (1,) seed drawn from `generator` (the global RNG when None) on the
+    device itself, so that nothing waits for the host."""
+    B, device = logits.shape[0], logits.device
+    if seed is None:
+        return torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64, device=device)  # (1,)
+    if isinstance(seed, int):
+        return torch.tensor([seed], dtype=torch.int64, device=device)  # (1,)
+    if seed.dim() != 1 or seed.shape[0] not in (1, B) or seed.is_floating_point() or seed.dtype == torch.bool:
+        raise ValueError(
+            f"sample: seed must be an int or an integer (1,) or ({B},) tensor, got {tuple(seed.shape)} {seed.dtype}"
+        )
+    return seed.to(device=device, dtype=torch.int64)
+
+
+def seeded_noise(logits: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """U[0, 1) noise (B, V) from int64 seeds: one torch generator for a (1,) seed, one per row for (B,) seeds (a row's
+    noise then depends on its seed only). Reads the seeds on the host."""
+    seeds = seed.tolist()
+    if len(seeds) == 1:
+        return uniform_noise(logits, torch.Generator(logits.device).manual_seed(seeds[0]))
+    rows = [
+        uniform_noise(logits[b : b + 1], torch.Generator(logits.device).manual_seed(s)) for b, s in enumerate(seeds)
+    ]
+    return torch.cat(rows)  # (B, V)
 
 
 def per_row(value, B: int, dtype: torch.dtype, device: torch.device, name: str) -> torch.Tensor:
@@ -109,11 +164,14 @@ def sampling_probs(logits, temperature, top_k, top_p, min_p, repetition_penalty,
     return torch.where(greedy[:, None], onehot, probs)
 
 
-def sample_from_noise(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens=None):
+def sample_from_noise(
+    logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens=None, nan_flag=None
+):
     """Next-token ids (B,) int64 from logits (B, V) and uniform noise (B, V) (None only if every row is greedy).
 
     temperature, top_p, min_p, repetition_penalty are (B,) float tensors, top_k a (B,) integer tensor; prev_tokens
-    (B, L) int64 or None. Semantics: see `fastllm.kernels.sample`.
+    (B, L) int64 or None. Semantics: see `fastllm.kernels.sample`. Invalid inputs raise ValueError here, so
+    nan_flag (the Triton kernel's error flag) is never written.
     """
     _check(logits, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens)
     z, zt, greedy = _scaled(logits, temperature, repetition_penalty, prev_tokens)
@@ -128,6 +186,16 @@ def sample_from_noise(logits, noise, temperature, top_k, top_p, min_p, repetitio
     return torch.where(greedy, ids_greedy, ids)
 
 
+def sample_philox(logits, seed, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens=None, nan_flag=None):
+    """`sample_from_noise` with the noise made from int64 seeds ((1,) or (B,)) by `seeded_noise`.
+
+    The Triton kernel draws Philox noise from the same seeds instead: same distribution, other ids. nan_flag is
+    never written (invalid inputs raise).
+    """
+    noise = None if bool((temperature == 0).all()) else seeded_noise(logits, seed)
+    return sample_from_noise(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens)
+
+
 def sample(
     logits,
     *,
@@ -139,8 +207,10 @@ def sample(
     prev_tokens=None,
     generator=None,
     noise=None,
+    seed=None,
 ):
-    """Reference of `fastllm.kernels.sample` (same arguments, same ids for the same generator state or noise)."""
+    """Reference of `fastllm.kernels.sample` (same arguments; on the reference path, the same ids for the same
+    generator state, seed or noise)."""
     B, device = logits.shape[0], logits.device
     params = (
         per_row(temperature, B, torch.float32, device, "temperature"),
@@ -149,6 +219,8 @@ def sample(
         per_row(min_p, B, torch.float32, device, "min_p"),
         per_row(repetition_penalty, B, torch.float32, device, "repetition_penalty"),
     )
-    if noise is None and not (isinstance(temperature, (int, float)) and temperature == 0):
-        noise = uniform_noise(logits, generator)
-    return sample_from_noise(logits, noise, *params, prev_tokens)
+    if noise is not None:
+        return sample_from_noise(logits, noise, *params, prev_tokens)
+    if seed is None and isinstance(temperature, (int, float)) and temperature == 0:
+        seed = torch.zeros(1, dtype=torch.int64, device=device)  # greedy: leave the generator alone
+    return sample_philox(logits, seeds_for(logits, seed, generator), *params, prev_tokens)
