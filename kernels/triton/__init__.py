@@ -6,4 +6,5 @@ with `@register_triton(op)` and lists the kernel configurations it can launch in
 """
 
 from fastllm.kernels.triton import glu as glu
+from fastllm.kernels.triton import mla as mla
 from fastllm.kernels.triton import sampling as sampling
