@@ -9,6 +9,10 @@ Without --benchmark, pytest-benchmark is switched to its disabled mode, in which
 times through `benchmark.pedantic` and writes into `benchmark.extra_info`: the median and p20/p80 of the per-round
 times, throughput derived from them, the device (CPU model, CUDA device) and versions (torch, triton, fastllm, the
 peer) and the git commit. The rows also print as one table at the end of the session.
+
+Without a CUDA device, Triton kernels can only run under Triton's interpreter: TRITON_INTERPRET=1 is set here, before
+anything imports triton, so that benches may time interpreted kernels (as a proxy of their work), and
+FASTLLM_KERNELS defaults to "reference" so that models and the public ops keep the CPU path users get.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ.setdefault("FASTLLM_KERNELS", "reference")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FASTLLM_SHARED", REPO.parent / "shared"))
@@ -67,10 +76,6 @@ def cpu_name() -> str:
 
 @functools.lru_cache(maxsize=1)
 def cuda_name() -> str | None:
-    if version_of("torch") is None:
-        return None
-    import torch
-
     return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 

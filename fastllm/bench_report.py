@@ -1,6 +1,6 @@
 """Turn `pytest benches/ --benchmark --benchmark-json=out.json` into one Markdown table and one PNG plot per family.
 
-    python -m fastllm.bench_report out.json [more.json ...] [--out benches/report]
+    python -m fastllm.bench_report out.json [more.json ...] [--out benches/report] [--aot aot.json]
 
 A family is a bench file (`benches/bench_tokenizer.py` -> "tokenizer") unless a bench sets `extra_info["family"]`.
 Each family gets `<family>.md` (the machine and versions once, then one row per measurement: what was measured,
@@ -8,6 +8,10 @@ the provider, the median with its p20-p80 range and every derived metric the ben
 GFLOP/s or tokens/s and speedups) and `<family>.png` (one panel per bench function: providers side by side for
 each case, on the bench's headline metric). `index.md` links them; the README embeds these files, so numbers are
 regenerated from a run, never edited by hand.
+
+`--aot` takes the JSON of `python -m fastllm.kernels.triton._aot --json aot.json` (every Triton kernel configuration
+compiled for sm_80 and sm_90a) and adds `kernels.md`: registers per thread, shared memory, spills and the occupancy
+they allow, per configuration and architecture.
 """
 
 from __future__ import annotations
@@ -184,7 +188,27 @@ def _short(case: str, n: int = 48) -> str:
     return case if len(case) <= n else case[: n - 1] + "~"
 
 
-def write_report(rows: list[Row], out: Path, *, png: bool = True) -> list[Path]:
+def kernel_resources(results: list[dict]) -> str:
+    """Markdown table of `_aot --json` results, worst occupancy first within each kernel."""
+    lines = [
+        "# Triton kernel resources (compiled ahead of time, no GPU needed)",
+        "",
+        "`python -m fastllm.kernels.triton._aot`: every configuration a launcher can pick, per architecture. Spills "
+        "(stack or local bytes) must be 0; occupancy is resident warps over 64 per SM.",
+        "",
+        "| kernel config | arch | regs | shared B | stack B | local B | blocks/SM | occupancy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(results, key=lambda r: (r["name"].split("[")[0], r["arch"], r["occupancy"], r["name"])):
+        arch = f"sm_{r['arch']}{'a' if r['arch'] >= 90 else ''}"
+        lines.append(
+            f"| `{r['name']}` | {arch} | {r['regs']} | {r['shared']} | {r['stack']} | {r['local']} | "
+            f"{r['blocks_per_sm']} | {r['occupancy']:.0%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rows: list[Row], out: Path, *, png: bool = True, aot: list[dict] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     by_family: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
@@ -198,6 +222,10 @@ def write_report(rows: list[Row], out: Path, *, png: bool = True) -> list[Path]:
         if png:
             plot(family, by_family[family], out / f"{family}.png")
             written.append(out / f"{family}.png")
+    if aot is not None:
+        (out / "kernels.md").write_text(kernel_resources(aot))
+        written.append(out / "kernels.md")
+        index.append("- [Triton kernel resources: registers, shared memory, spills, occupancy](kernels.md)")
     (out / "index.md").write_text("\n".join(index) + "\n")
     return [*written, out / "index.md"]
 
@@ -207,12 +235,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("json", nargs="+", type=Path, help="pytest-benchmark JSON file(s) (--benchmark-json)")
     ap.add_argument("--out", type=Path, default=Path("benches/report"), help="output folder (default: %(default)s)")
     ap.add_argument("--no-png", action="store_true", help="Markdown only")
+    ap.add_argument("--aot", type=Path, help="JSON of `python -m fastllm.kernels.triton._aot --json` to add")
     args = ap.parse_args(argv)
     rows = load_rows(args.json)
     if not rows:
         print("bench_report: no timed benchmarks in the input (was it run with --benchmark?)", file=sys.stderr)
         return 1
-    for path in write_report(rows, args.out, png=not args.no_png):
+    aot = json.loads(args.aot.read_text()) if args.aot else None
+    for path in write_report(rows, args.out, png=not args.no_png, aot=aot):
         print(path)
     return 0
 

@@ -9,11 +9,18 @@ kernel (~0.5 ms per program instance), so each test runs with one backend forced
 - every other test runs with `FASTLLM_KERNELS=reference` (the CPU path users get without the interpreter).
 
 A test may still set either variable itself with `monkeypatch`; that wins over the default set here.
+
+`python -m pytest` from the checkout's root puts the root first on sys.path, where the top-level `kernels/` folder
+(installed as `fastllm.kernels`) would shadow Hugging Face's `kernels` package that transformers imports: the
+root comes off sys.path here (fastllm itself imports through its installed, editable, finder).
 """
 
 import os
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
 
 import pytest  # noqa: E402
 

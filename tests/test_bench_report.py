@@ -47,3 +47,39 @@ def test_report_rejects_what_is_not_a_benchmark_run(tmp_path, capsys):
     empty.write_text(json.dumps({"benchmarks": []}))
     assert bench_report.main([str(empty), "--out", str(tmp_path / "o")]) == 1
     assert "run with --benchmark" in capsys.readouterr().err
+
+
+def test_report_adds_the_aot_kernel_resources(run_json, tmp_path):
+    aot = [
+        dict(
+            name="swa_fwd[bf16,D=64]",
+            arch=90,
+            regs=128,
+            shared=65536,
+            stack=0,
+            local=0,
+            blocks_per_sm=2,
+            occupancy=0.25,
+        ),
+        dict(
+            name="swa_fwd[bf16,D=64]",
+            arch=80,
+            regs=168,
+            shared=49152,
+            stack=0,
+            local=0,
+            blocks_per_sm=1,
+            occupancy=0.125,
+        ),
+    ]
+    path = tmp_path / "aot.json"
+    path.write_text(json.dumps(aot))
+    out = tmp_path / "report"
+    assert bench_report.main([str(run_json), "--out", str(out), "--no-png", "--aot", str(path)]) == 0
+    table = (out / "kernels.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert rows == [
+        "| `swa_fwd[bf16,D=64]` | sm_80 | 168 | 49152 | 0 | 0 | 1 | 12% |",
+        "| `swa_fwd[bf16,D=64]` | sm_90a | 128 | 65536 | 0 | 0 | 2 | 25% |",
+    ]
+    assert "(kernels.md)" in (out / "index.md").read_text()
