@@ -41,11 +41,30 @@ Utf8 utf8_of(py::handle obj) {
   return Utf8{fixed, std::string_view(p, static_cast<size_t>(n))};
 }
 
+// The Python int of a token id. Ints are immutable, so one object per id is shared by every list
+// returned (as CPython shares -5..256): building a list then costs a load and an incref per id, not an
+// allocation, which was a third of an encode call. Only touched with the GIL held.
+PyObject* id_object(uint32_t id) {
+  constexpr uint32_t kMaxCached = 1u << 21;  // larger ids (no real vocabulary) are not cached
+  static std::vector<PyObject*> cache;
+  if (id >= cache.size()) {
+    if (id >= kMaxCached) return PyLong_FromUnsignedLong(id);
+    cache.resize(std::max<size_t>(id + 1, std::min<size_t>(2 * cache.size(), kMaxCached)), nullptr);
+  }
+  PyObject*& obj = cache[id];
+  if (obj == nullptr) {
+    obj = PyLong_FromUnsignedLong(id);
+    if (obj == nullptr) return nullptr;
+  }
+  Py_INCREF(obj);
+  return obj;
+}
+
 py::list to_list(const std::vector<uint32_t>& ids) {
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(ids.size()));
   if (list == nullptr) throw py::error_already_set();
   for (size_t i = 0; i < ids.size(); ++i) {
-    PyObject* v = PyLong_FromUnsignedLong(ids[i]);
+    PyObject* v = id_object(ids[i]);
     if (v == nullptr) {
       Py_DECREF(list);
       throw py::error_already_set();
@@ -191,9 +210,10 @@ PYBIND11_MODULE(_bpe, m) {
             auto [vocab, merges] = fastllm::load_gpt2_files(encoder_json, vocab_bpe);
             std::vector<SpecialToken> sp = specials_of(specials);
             if (endoftext_special && sp.empty())  // GPT-2's vocabulary lists its one special token as a plain entry
-              for (auto& [tok, id] : vocab)
-                if (tok == "<|endoftext|>") sp.push_back(SpecialToken{tok, id, true});
-            return CoreBPE::from_merges(std::move(vocab), merges, std::move(sp), pattern);
+              for (size_t i = 0; i < vocab.size(); ++i)
+                if (vocab.token(i) == "<|endoftext|>")
+                  sp.push_back(SpecialToken{std::string(vocab.token(i)), vocab.tokens[i].id, true});
+            return CoreBPE::from_merge_text(std::move(vocab), merges, std::move(sp), pattern, encoder_json);
           },
           py::arg("encoder_json"), py::arg("vocab_bpe"), py::arg("specials"), py::arg("pattern"),
           py::arg("endoftext_special") = false, py::call_guard<py::gil_scoped_release>())
@@ -202,7 +222,7 @@ PYBIND11_MODULE(_bpe, m) {
           [](const std::vector<std::pair<py::bytes, uint32_t>>& ranks, const Specials& specials,
              const std::string& pattern) {
             CoreBPE::Vocab vocab;
-            for (auto& [b, id] : ranks) vocab.emplace_back(std::string(b), id);
+            for (auto& [b, id] : ranks) vocab.add(std::string_view(b), id);
             return CoreBPE::from_ranks(std::move(vocab), specials_of(specials), pattern);
           },
           py::arg("ranks"), py::arg("specials"), py::arg("pattern"))
@@ -211,7 +231,7 @@ PYBIND11_MODULE(_bpe, m) {
           [](const std::vector<std::pair<py::bytes, uint32_t>>& vocab, const CoreBPE::Merges& merges,
              const Specials& specials, const std::string& pattern, bool ignore_merges) {
             CoreBPE::Vocab v;
-            for (auto& [b, id] : vocab) v.emplace_back(std::string(b), id);
+            for (auto& [b, id] : vocab) v.add(std::string_view(b), id);
             return CoreBPE::from_merges(std::move(v), merges, specials_of(specials), pattern, ignore_merges);
           },
           py::arg("vocab"), py::arg("merges"), py::arg("specials"), py::arg("pattern"), py::arg("ignore_merges") = false)
@@ -290,7 +310,27 @@ PYBIND11_MODULE(_bpe, m) {
                                for (auto& s : bpe.specials()) out.append(py::make_tuple(s.text, s.id, s.special));
                                return out;
                              })
-      .def("merges", &CoreBPE::merges, py::call_guard<py::gil_scoped_release>());
+      .def("merges", &CoreBPE::merges, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "merge_piece",
+          [](const CoreBPE& bpe, const py::bytes& piece, const std::string& algo) -> py::object {
+            CoreBPE::MergeAlgo a;
+            if (algo == "small") a = CoreBPE::MergeAlgo::kSmall;
+            else if (algo == "queue") a = CoreBPE::MergeAlgo::kQueue;
+            else if (algo == "linear") a = CoreBPE::MergeAlgo::kLinear;
+            else throw py::value_error("algo must be 'small', 'queue' or 'linear'");
+            std::string_view view(piece);
+            std::vector<uint32_t> ids;
+            bool ok;
+            {
+              py::gil_scoped_release release;
+              ok = bpe.merge_piece(view, a, ids);
+            }
+            if (!ok) return py::none();
+            return to_list(ids);
+          },
+          py::arg("piece"), py::arg("algo"),
+          "BPE of one piece's bytes by one algorithm (tests): a list of ids, or None if 'linear' is not available.");
 
   m.def(
       "pretokenize",

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "bpe_backtrack.h"
+
 namespace fastllm {
 
 namespace {
@@ -30,15 +32,15 @@ std::string describe_bytes(std::string_view s) {
 
 void CoreBPE::init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std::string_view pattern) {
   pretokenizer_ = make_pretokenizer(pattern);  // throws std::invalid_argument for a bad regex
-  size_t max_id = 0, bytes = 0;
-  for (auto& [tok, id] : vocab) {
-    if (tok.empty()) throw BpeError("token id " + std::to_string(id) + " has empty bytes");
-    if (tok.size() > BytesMap::kMaxLen)
-      throw BpeError("token id " + std::to_string(id) + " is " + std::to_string(tok.size()) + " bytes long (at most " +
+  size_t max_id = 0, bytes = vocab.bytes.size();
+  for (const Vocab::Token& t : vocab.tokens) {
+    if (t.len == 0) throw BpeError("token id " + std::to_string(t.id) + " has empty bytes");
+    if (t.len > BytesMap::kMaxLen)
+      throw BpeError("token id " + std::to_string(t.id) + " is " + std::to_string(t.len) + " bytes long (at most " +
                      std::to_string(BytesMap::kMaxLen) + ")");
-    if (id == kNoToken) throw BpeError("token id " + std::to_string(id) + " is too large");
-    max_id = std::max<size_t>(max_id, id);
-    bytes += tok.size();
+    if (t.id == kNoToken) throw BpeError("token id " + std::to_string(t.id) + " is too large");
+    if (size_t{t.off} + t.len > vocab.bytes.size()) throw BpeError("token id " + std::to_string(t.id) + " is corrupt");
+    max_id = std::max<size_t>(max_id, t.id);
   }
   for (auto& s : specials) {
     if (s.text.empty()) throw BpeError("special token " + std::to_string(s.id) + " is empty");
@@ -46,9 +48,10 @@ void CoreBPE::init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std
     max_id = std::max<size_t>(max_id, s.id);
     bytes += s.text.size();
   }
-  if (bytes >= UINT32_MAX) throw BpeError("vocabulary is larger than 4 GB");
-  tokens_.assign(vocab.empty() && specials.empty() ? 0 : max_id + 1, TokenRef{});
-  arena_.reserve(bytes);
+  if (bytes + kCopySlack >= UINT32_MAX) throw BpeError("vocabulary is larger than 4 GB");
+  tokens_.assign(vocab.tokens.empty() && specials.empty() ? 0 : max_id + 1, TokenRef{});
+  arena_ = std::move(vocab.bytes);  // adopted as is: tokens keep their offsets
+  arena_.reserve(bytes + kCopySlack);
 
   // A special token may repeat an ordinary entry with the same id and bytes (GPT-2's encoder.json
   // lists <|endoftext|>); it is then only special, as in tiktoken.
@@ -57,25 +60,24 @@ void CoreBPE::init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std
   std::sort(special_ids.begin(), special_ids.end());
   auto is_special_id = [&](uint32_t id) { return std::binary_search(special_ids.begin(), special_ids.end(), id); };
 
-  ordinary_.reset(&arena_, vocab.size());
+  ordinary_.reset(&arena_, vocab.size(), static_cast<uint32_t>(max_id));
   std::vector<uint32_t> order;  // ids of the ordinary tokens, in input order
   order.reserve(vocab.size());
-  for (auto& [tok, id] : vocab) {
-    if (is_special_id(id)) {
-      auto it = std::find_if(specials.begin(), specials.end(), [&](const SpecialToken& s) { return s.id == id; });
+  for (const Vocab::Token& t : vocab.tokens) {
+    std::string_view tok(arena_.data() + t.off, t.len);
+    if (!special_ids.empty() && is_special_id(t.id)) {
+      auto it = std::find_if(specials.begin(), specials.end(), [&](const SpecialToken& s) { return s.id == t.id; });
       if (it->text != tok)
-        throw BpeError("id " + std::to_string(id) + " is both the token '" + describe_bytes(tok) +
+        throw BpeError("id " + std::to_string(t.id) + " is both the token '" + describe_bytes(tok) +
                        "' and the special token '" + describe_bytes(it->text) + "'");
       continue;
     }
-    if (tokens_[id].len != kNoToken)
-      throw BpeError("id " + std::to_string(id) + " is given to two tokens ('" +
-                     describe_bytes(std::string_view(arena_).substr(tokens_[id].off, tokens_[id].len)) + "' and '" +
-                     describe_bytes(tok) + "')");
-    uint32_t off = static_cast<uint32_t>(arena_.size());
-    arena_ += tok;
-    tokens_[id] = TokenRef{off, static_cast<uint32_t>(tok.size()), false};
-    order.push_back(id);
+    if (tokens_[t.id].len != kNoToken)
+      throw BpeError("id " + std::to_string(t.id) + " is given to two tokens ('" +
+                     describe_bytes(std::string_view(arena_).substr(tokens_[t.id].off, tokens_[t.id].len)) +
+                     "' and '" + describe_bytes(tok) + "')");
+    tokens_[t.id] = TokenRef{t.off, t.len, false};
+    order.push_back(t.id);
   }
   // Insert in blocks whose slots are prefetched first: the table is larger than the caches, and
   // overlapping the misses halves the load time of a 100k vocabulary.
@@ -130,7 +132,6 @@ std::unique_ptr<CoreBPE> CoreBPE::from_merges(Vocab vocab, const Merges& merges,
                                               std::string_view pattern, bool ignore_merges) {
   std::unique_ptr<CoreBPE> bpe(new CoreBPE());
   bpe->init_tokens(vocab, specials, pattern);
-  bpe->uses_merges_ = true;
   bpe->pairs_.reset(merges.size());
   std::string joined;
   for (size_t i = 0; i < merges.size(); ++i) {
@@ -147,11 +148,65 @@ std::unique_ptr<CoreBPE> CoreBPE::from_merges(Vocab vocab, const Merges& merges,
     // A repeated merge keeps its first (highest) priority, as HF does.
     bpe->pairs_.insert(a, b, PairMap::Merge{static_cast<uint32_t>(i), id});
   }
-  bpe->merges_list_ = merges;
-  bpe->init_byte_pairs();
-  bpe->whole_ok_.reset(new std::atomic<uint8_t>[bpe->tokens_.size()]);
-  for (size_t i = 0; i < bpe->tokens_.size(); ++i) bpe->whole_ok_[i].store(ignore_merges ? 1 : 0, std::memory_order_relaxed);
+  bpe->init_merges(merges, ignore_merges);
   return bpe;
+}
+
+std::unique_ptr<CoreBPE> CoreBPE::from_merge_text(Vocab vocab, const MergeText& text,
+                                                  std::vector<SpecialToken> specials, std::string_view pattern,
+                                                  const std::string& vocab_path) {
+  std::unique_ptr<CoreBPE> bpe(new CoreBPE());
+  bpe->init_tokens(vocab, specials, pattern);
+  const size_t n = text.merges.size();
+  bpe->pairs_.reset(n);
+  Merges merges(n);
+  auto fail = [&](const MergeText::Merge& m, const std::string& what) {
+    throw BpeError(text.path + ": line " + std::to_string(m.line) + ": " + what);
+  };
+  auto bytelevel = [](std::string_view bytes) {
+    std::string s;
+    for (unsigned char c : bytes) s += byte_to_unicode(c);
+    return s;
+  };
+  // Three lookups per merge (left, right, both) in a table larger than the caches: hash a block of
+  // merges and prefetch their slots first, so that the misses overlap.
+  constexpr size_t kBlock = 8;
+  BytesKey keys[kBlock][3];
+  const char* base = text.bytes.data();
+  for (size_t b = 0; b < n; b += kBlock) {
+    size_t e = std::min(n, b + kBlock);
+    for (size_t i = b; i < e; ++i) {
+      const MergeText::Merge& m = text.merges[i];
+      size_t avail = text.bytes.size() - m.off;
+      keys[i - b][0] = make_key(base + m.off, m.left_len, avail);
+      keys[i - b][1] = make_key(base + m.off + m.left_len, m.right_len, avail - m.left_len);
+      keys[i - b][2] = make_key(base + m.off, m.left_len + m.right_len, avail);
+      for (const BytesKey& k : keys[i - b]) bpe->ordinary_.prefetch(k);
+    }
+    for (size_t i = b; i < e; ++i) {
+      const MergeText::Merge& m = text.merges[i];
+      std::string_view left(base + m.off, m.left_len), right(base + m.off + m.left_len, m.right_len);
+      uint32_t a = bpe->ordinary_.find(left.data(), left.size(), keys[i - b][0]);
+      uint32_t c = bpe->ordinary_.find(right.data(), right.size(), keys[i - b][1]);
+      if (a == BytesMap::kMissing || c == BytesMap::kMissing)
+        fail(m, "'" + bytelevel(a == BytesMap::kMissing ? left : right) + "' is not in " + vocab_path);
+      uint32_t id = bpe->ordinary_.find(left.data(), left.size() + right.size(), keys[i - b][2]);
+      if (id == BytesMap::kMissing)
+        fail(m, "'" + bytelevel(left) + " " + bytelevel(right) + "' makes a token that is not in " + vocab_path);
+      bpe->pairs_.insert(a, c, PairMap::Merge{static_cast<uint32_t>(i), id});
+      merges[i] = {a, c};
+    }
+  }
+  bpe->init_merges(std::move(merges), false);
+  return bpe;
+}
+
+void CoreBPE::init_merges(Merges merges, bool ignore_merges) {
+  uses_merges_ = true;
+  merges_list_ = std::move(merges);
+  init_byte_pairs();
+  whole_ok_.reset(new std::atomic<uint8_t>[tokens_.size()]);
+  for (size_t i = 0; i < tokens_.size(); ++i) whole_ok_[i].store(ignore_merges ? 1 : 0, std::memory_order_relaxed);
 }
 
 // The first round of every merge looks up pairs of single bytes: keep all 65536 in a table, filled
@@ -207,6 +262,7 @@ struct PieceCache {
   };
   uint32_t epoch = 0;
   Entry entries[kSlots];
+  BacktrackScratch backtrack;  // the same thread's working memory for long pieces
 
   static PieceCache& get() {
     thread_local std::unique_ptr<PieceCache> cache(new PieceCache());
@@ -232,7 +288,8 @@ inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, 
     return;
   }
   if (n > PieceCache::kMaxBytes) {
-    if (n <= kSmallPiece) merge_small(p, n, out);
+    if (const BacktrackTables* bt = backtrack_for(n)) merge_backtrack(*bt, p, n, cache.backtrack, out);
+    else if (n <= kSmallPiece) merge_small(p, n, out);
     else merge_large(p, n, out);
     return;
   }
@@ -242,7 +299,7 @@ inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, 
     return;
   }
   size_t before = out.size();
-  merge_small(p, n, out);
+  merge_small(p, n, out);  // short and in L1: faster than the linear path's large tables
   size_t count = out.size() - before;
   if (count <= PieceCache::kMaxIds) {
     e.epoch = cache.epoch;

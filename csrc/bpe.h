@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -24,7 +25,9 @@
 
 namespace fastllm {
 
-struct PieceCache;  // bpe.cpp
+struct PieceCache;       // bpe.cpp
+struct BacktrackTables;   // bpe_backtrack.h
+struct BacktrackScratch;  // bpe_backtrack.h
 
 // An error in a vocabulary, merges list or request, with a message meant for the user.
 class BpeError : public std::invalid_argument {
@@ -41,10 +44,37 @@ struct SpecialToken {
 // What encode() does with each special token found in the text (indexed like specials()).
 enum class SpecialPolicy : uint8_t { kDisallowed = 0, kAllowed = 1, kAsText = 2 };
 
+// A vocabulary as the loaders produce it: the tokens' bytes back to back plus (offset, length, id) per
+// token, so that reading 100k tokens makes no allocation per token. CoreBPE adopts the bytes as its arena.
+struct Vocab {
+  struct Token {
+    uint32_t off, len, id;
+  };
+  std::string bytes;
+  std::vector<Token> tokens;
+
+  void add(std::string_view token, uint32_t id) {
+    tokens.push_back(Token{static_cast<uint32_t>(bytes.size()), static_cast<uint32_t>(token.size()), id});
+    bytes += token;
+  }
+  size_t size() const { return tokens.size(); }
+  std::string_view token(size_t i) const { return std::string_view(bytes).substr(tokens[i].off, tokens[i].len); }
+};
+
+// Merges given as byte strings (GPT-2's vocab.bpe), resolved against the vocabulary by CoreBPE.
+struct MergeText {
+  struct Merge {
+    uint32_t off, left_len, right_len, line;  // left then right at bytes[off]; line in `path`
+  };
+  std::string path, bytes;
+  std::vector<Merge> merges;
+};
+
 class CoreBPE {
  public:
-  using Vocab = std::vector<std::pair<std::string, uint32_t>>;  // (token bytes, id)
-  using Merges = std::vector<std::pair<uint32_t, uint32_t>>;    // (left id, right id), by priority
+  using Vocab = fastllm::Vocab;
+  using Merges = std::vector<std::pair<uint32_t, uint32_t>>;  // (left id, right id), by priority
+  ~CoreBPE();
 
   // tiktoken semantics: ranks are ids.
   static std::unique_ptr<CoreBPE> from_ranks(Vocab ranks, std::vector<SpecialToken> specials,
@@ -53,6 +83,10 @@ class CoreBPE {
   // ignore_merges (HF's option of that name): a piece that is a whole token is always emitted as is.
   static std::unique_ptr<CoreBPE> from_merges(Vocab vocab, const Merges& merges, std::vector<SpecialToken> specials,
                                               std::string_view pattern, bool ignore_merges = false);
+  // The same from merges as text; an unknown symbol is a BpeError "<merges.path>: line N: ...".
+  static std::unique_ptr<CoreBPE> from_merge_text(Vocab vocab, const MergeText& merges,
+                                                  std::vector<SpecialToken> specials, std::string_view pattern,
+                                                  const std::string& vocab_path);
 
   void encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const;
   // Splits out specials per `policy` (one entry per specials() element; missing entries mean
@@ -74,6 +108,12 @@ class CoreBPE {
   bool uses_merges() const { return uses_merges_; }
   const std::vector<SpecialToken>& specials() const { return specials_; }
   const Pretokenizer& pretokenizer() const { return *pretokenizer_; }
+  // Merges one piece's bytes (no pre-tokenization, no whole-token shortcut) with a chosen algorithm,
+  // for tests and benchmarks. kSmall needs n <= 96; kLinear returns false if the vocabulary does not
+  // allow it (bpe_backtrack.h). All give the same ids.
+  enum class MergeAlgo { kSmall, kQueue, kLinear };
+  bool merge_piece(std::string_view piece, MergeAlgo algo, std::vector<uint32_t>& out) const;
+
   // Merges in priority order (for saving an HF tokenizer.json). For a ranks vocabulary: every pair
   // of lower-ranked tokens that concatenates to a token, by the token's rank. (HF gives each pair its
   // own priority where tiktoken ties them by position; the two differ only in contrived cases.)
@@ -82,17 +122,29 @@ class CoreBPE {
  private:
   static constexpr size_t kCopySlack = 16;
   static constexpr size_t kSmallPiece = 96;  // longer pieces merge through a queue, not O(n^2) scans
+  // The linear-time path's tables cost 20-60 ms to build (bpe_backtrack.cpp), about what merging this
+  // many bytes of pieces over PieceCache::kMaxBytes the other ways costs: built once that much has come.
+  static constexpr size_t kBacktrackAfter = size_t{1} << 19;
   struct TokenRef {
     uint32_t off = 0, len = kNoToken;
     bool special = false;
   };
   CoreBPE() = default;
   void init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std::string_view pattern);
+  void init_merges(Merges merges, bool ignore_merges);
   void init_byte_pairs();
   void encode_piece(const char* p, size_t n, const BytesKey& key, PieceCache& cache,
                     std::vector<uint32_t>& out) const;
   void merge_small(const char* p, size_t n, std::vector<uint32_t>& out) const;
   void merge_large(const char* p, size_t n, std::vector<uint32_t>& out) const;
+  // Linear time (bpe_backtrack.cpp).
+  void merge_backtrack(const BacktrackTables& bt, const char* p, size_t n, BacktrackScratch& scratch,
+                       std::vector<uint32_t>& out) const;
+  // The tables once kBacktrackAfter bytes of long pieces have come (counting this one of n bytes), else
+  // nullptr; also nullptr if the vocabulary needs the other paths.
+  const BacktrackTables* backtrack_for(size_t n) const;
+  const BacktrackTables* backtrack_tables() const;  // builds them on the first call
+  std::unique_ptr<BacktrackTables> build_backtrack() const;
   bool whole_token_ok(uint32_t id) const;
   // Priority and result of joining two adjacent parts: the one at a_off (id a) and the next (id b),
   // which ends at `end`. `readable` bytes may be read at p.
@@ -112,6 +164,10 @@ class CoreBPE {
   std::vector<SpecialToken> specials_;
   bool special_first_byte_[256] = {};
   std::unique_ptr<Pretokenizer> pretokenizer_;
+  mutable std::once_flag backtrack_once_;
+  mutable std::unique_ptr<BacktrackTables> backtrack_;
+  mutable std::atomic<bool> backtrack_built_{false};
+  mutable std::atomic<uint64_t> long_piece_bytes_{0};
 };
 
 // GPT-2's reversible map from bytes to printable characters (the byte-level alphabet of
@@ -121,9 +177,9 @@ std::string byte_to_unicode(uint8_t b);
 bool unicode_to_bytes(std::string_view s, std::string& out);
 
 // Loaders (vocab_io.cpp). Errors are BpeError with "<path>: <line>: <problem>" messages.
-CoreBPE::Vocab load_tiktoken_ranks(const std::string& path);
-// GPT-2 encoder.json (byte-level string -> id) and vocab.bpe (one "left right" merge per line).
-std::pair<CoreBPE::Vocab, CoreBPE::Merges> load_gpt2_files(const std::string& encoder_json,
-                                                           const std::string& vocab_bpe);
+Vocab load_tiktoken_ranks(const std::string& path);
+// GPT-2 encoder.json (byte-level string -> id) and vocab.bpe (one "left right" merge per line), for
+// CoreBPE::from_merge_text (which resolves the merges' symbols).
+std::pair<Vocab, MergeText> load_gpt2_files(const std::string& encoder_json, const std::string& vocab_bpe);
 
 }  // namespace fastllm

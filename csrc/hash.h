@@ -67,11 +67,12 @@ class BytesMap {
   static constexpr uint32_t kMissing = UINT32_MAX;
   static constexpr size_t kMaxLen = UINT16_MAX;  // callers reject longer tokens before inserting
 
-  void reset(const std::string* arena, size_t expected) {
+  // max_id: ids will be at most this (a hint; larger ones grow the offsets table).
+  void reset(const std::string* arena, size_t expected, uint32_t max_id = 0) {
     arena_ = arena;
     slots_.assign(table_capacity(expected), Slot{});
     mask_ = slots_.size() - 1;
-    off_.clear();
+    off_.assign(size_t{max_id} + 1, 0);
   }
 
   // Returns false if the key is already present (the first id is kept).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 import unicodedata
 from functools import lru_cache
@@ -725,6 +726,80 @@ def test_ten_megabytes_without_spaces():
     print(f"gpt2 one {len(letters) / 1e6:.1f} MB piece: fastllm {(time.perf_counter() - start) * 1e3:.0f} ms")
     assert tok.decode_bytes(ids) == letters.encode()
     assert_ids(tok.encode_ordinary(letters[:1_000_000]), tt("gpt2").encode_ordinary(letters[:1_000_000]), "1 MB piece")
+
+
+# ==== the linear-time merge of long pieces =====================================================================
+
+# Alphabets where merges interact most (few symbols, so every pair recurs), multi-byte characters, and bytes.
+LINEAR_ALPHABETS = ["ab", "abc", "aab", "aeiourstln", "abcdefghijklmnopqrstuvwxyz", "éa", "中文a", "😀😁"]
+
+
+def linear_pieces(seed: int, count: int) -> list[bytes]:
+    """Random pieces over LINEAR_ALPHABETS, repeated words and random bytes, 1 to 3000 bytes."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(count):
+        n = rng.randint(1, 3000 if k % 8 == 0 else 200)
+        kind = k % (len(LINEAR_ALPHABETS) + 2)
+        if kind < len(LINEAR_ALPHABETS):
+            out.append("".join(rng.choices(LINEAR_ALPHABETS[kind], k=n)).encode()[:n])
+        elif kind == len(LINEAR_ALPHABETS):
+            out.append(bytes(rng.randrange(256) for _ in range(n)))
+        else:
+            word = "".join(rng.choices("abc", k=rng.randint(1, 6)))
+            out.append((word * n).encode()[:n])
+    return out
+
+
+LINEAR_TOKENIZERS = {
+    "gpt2-merges": lambda: native("gpt2"),
+    "gpt2-ranks": lambda: Tokenizer.from_tiktoken(GPT2_TIKTOKEN, pattern="gpt2"),
+    "cl100k-ranks": lambda: native("cl100k"),
+}
+
+
+@pytest.mark.parametrize("name", list(LINEAR_TOKENIZERS))
+def test_linear_merge_matches_queue_and_scan(name):
+    """Every piece, any bytes: the backtracking merge equals the rank-queue merge and the O(n^2) scan."""
+    require(GPT2_TIKTOKEN, CL100K_TIKTOKEN)
+    core = LINEAR_TOKENIZERS[name]()._core
+    for piece in linear_pieces(seed=len(name), count=400):
+        linear = core.merge_piece(piece, "linear")
+        assert linear is not None, "the shipped vocabularies allow the linear path"
+        assert_ids(linear, core.merge_piece(piece, "queue"), f"{name} {piece[:40]!r}... ({len(piece)} bytes)")
+        if len(piece) <= 96:
+            assert_ids(linear, core.merge_piece(piece, "small"), f"{name} {piece!r}")
+    with pytest.raises(ValueError, match="algo"):
+        core.merge_piece(b"ab", "fast")
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_linear_merge_matches_tiktoken_and_hf(name):
+    """Single pieces (letters, CJK, emoji runs) through encode_ordinary once the tables exist, against
+    tiktoken, HF (GPT-2) and, for short pieces, the Python oracle."""
+    tok, enc = native(name), tt(name)
+    tok._core.merge_piece(b"ab", "linear")  # builds the tables: from now on pieces over 24 bytes use them
+    py = oracle("gpt2-merges" if name == "gpt2" else "cl100k-ranks")
+    rng = random.Random(7)
+    for k in range(300):
+        alphabet = LINEAR_ALPHABETS[k % len(LINEAR_ALPHABETS)]
+        text = "".join(rng.choices(alphabet, k=rng.randint(5, 2000 if k % 10 == 0 else 150)))
+        ids = tok.encode_ordinary(text)
+        assert_ids(ids, enc.encode_ordinary(text), f"{name} {text[:40]!r}...", enc.decode)
+        if name == "gpt2":
+            assert_ids(ids, hf_ids(hf_gpt2(), text), f"HF {text[:40]!r}...")
+        if len(text) <= 100:
+            assert_ids(ids, py.encode_ordinary(text), f"oracle {text!r}")
+
+
+def test_linear_tables_built_while_threads_encode():
+    """Threads cross the table-building threshold together (one builds, the others wait); ids stay exact."""
+    require(CL100K_TIKTOKEN)
+    tok = Tokenizer.from_tiktoken(CL100K_TIKTOKEN, pattern="cl100k")  # fresh: no tables yet
+    rng = random.Random(3)
+    texts = ["".join(rng.choices("abcdefgh", k=200_000)) for _ in range(8)]  # 8 pieces, 1.6 MB in all
+    for text, ids in zip(texts, tok.encode_ordinary_batch(texts, num_threads=4)):
+        assert_ids(ids, tok._core.merge_piece(text.encode(), "queue"), "a 200 kB piece in a batch")
 
 
 # ==== batches =================================================================================================

@@ -14,7 +14,7 @@ static std::vector<uint32_t> ids(std::initializer_list<uint32_t> l) { return l; 
 
 static CoreBPE::Vocab byte_vocab() {
   CoreBPE::Vocab v;
-  for (int b = 0; b < 256; ++b) v.emplace_back(std::string(1, static_cast<char>(b)), b);
+  for (int b = 0; b < 256; ++b) v.add(std::string(1, static_cast<char>(b)), b);
   return v;
 }
 
@@ -65,11 +65,11 @@ static std::vector<uint32_t> naive_ranks(const CoreBPE& bpe, const std::string& 
 
 static void test_ranks_semantics() {
   auto v = byte_vocab();
-  v.emplace_back("ab", 256);
-  v.emplace_back("bc", 257);
-  v.emplace_back("abc", 258);
-  v.emplace_back("aa", 259);
-  v.emplace_back("aaaa", 260);
+  v.add("ab", 256);
+  v.add("bc", 257);
+  v.add("abc", 258);
+  v.add("aa", 259);
+  v.add("aaaa", 260);
   auto bpe = CoreBPE::from_ranks(v, {}, "gpt2");
   CHECK(encode(*bpe, "abc") == ids({258}));              // whole token
   CHECK(encode(*bpe, "abcd") == ids({258, 'd'}));        // ab, then abc
@@ -88,10 +88,10 @@ static void test_ranks_semantics() {
 
 static void test_merges_semantics() {
   auto v = byte_vocab();
-  v.emplace_back("ab", 256);
-  v.emplace_back("bc", 257);
-  v.emplace_back("abc", 258);  // in the vocabulary, but no merge makes it from "ab" + "c"
-  v.emplace_back("cd", 259);
+  v.add("ab", 256);
+  v.add("bc", 257);
+  v.add("abc", 258);  // in the vocabulary, but no merge makes it from "ab" + "c"
+  v.add("cd", 259);
   CoreBPE::Merges m = {{'b', 'c'}, {'a', 'b'}, {'c', 'd'}};
   auto bpe = CoreBPE::from_merges(v, m, {}, "gpt2");
   CHECK(encode(*bpe, "abc") == ids({'a', 257}));  // (b, c) has priority; the whole-token shortcut is not taken
@@ -135,10 +135,10 @@ static void test_decode_and_errors() {
   CHECK(decode(*bpe, encode(*bpe, invalid)) == invalid);
   CHECK(encode(*bpe, "").empty());
   auto v = byte_vocab();
-  v.pop_back();
+  v.tokens.pop_back();
   CHECK(throws([&] { CoreBPE::from_ranks(v, {}, "gpt2"); }, "single byte"));
   v = byte_vocab();
-  v.emplace_back("a", 300);
+  v.add("a", 300);
   CHECK(throws([&] { CoreBPE::from_ranks(v, {}, "gpt2"); }, "appears twice"));
 }
 
@@ -157,17 +157,40 @@ static void test_loaders() {
   std::string enc = write_tmp("encoder.json", "{\"a\": 0, \"b\": 1, \"ab\": 2");
   std::string merges = write_tmp("vocab.bpe", "#version: 0.2\na b\n");
   CHECK(throws([&] { load_gpt2_files(enc, merges); }, enc + ": line 1: expected '}'"));
-  std::string enc_ok = write_tmp("encoder_ok.json", "{\"a\": 0, \"b\": 1, \"ab\": 2, \"\\u0120\": 3}");
-  std::string merges_bad = write_tmp("vocab_bad.bpe", "#version: 0.2\na b\na c\n");
-  CHECK(throws([&] { load_gpt2_files(enc_ok, merges_bad); }, merges_bad + ": line 3: 'c' is not in"));
+  // A byte-level vocabulary: the 256 bytes (byte 0x20 written as the escape \u0120) and "ab".
+  std::string json = "{";
+  for (int b = 0; b < 256; ++b) {
+    std::string key = b == ' ' ? "\\u0120" : byte_to_unicode(static_cast<uint8_t>(b));
+    if (key == "\"" || key == "\\") key = "\\" + key;
+    json += "\"" + key + "\": " + std::to_string(b) + ",\n";
+  }
+  std::string enc_ok = write_tmp("encoder_ok.json", json + "\"ab\": 256}");
+  std::string merges_bad = write_tmp("vocab_bad.bpe", "#version: 0.2\na b\na \xc4\xa3\n");
+  CHECK(throws(
+      [&] {
+        auto [v, bad] = load_gpt2_files(enc_ok, merges_bad);
+        CoreBPE::from_merge_text(v, bad, {}, "gpt2", enc_ok);
+      },
+      merges_bad + ": line 3: 'a \xc4\xa3' makes a token that is not in " + enc_ok));
+  std::string merges_unknown = write_tmp("vocab_unknown.bpe", "#version: 0.2\nabc b\n");
+  CHECK(throws(
+      [&] {
+        auto [v, bad] = load_gpt2_files(enc_ok, merges_unknown);
+        CoreBPE::from_merge_text(v, bad, {}, "gpt2", enc_ok);
+      },
+      merges_unknown + ": line 2: 'abc' is not in " + enc_ok));
+  std::string merges_odd = write_tmp("vocab_odd.bpe", "#version: 0.2\na b\n\xe4\xb8\x80 b\n");
+  CHECK(throws([&] { load_gpt2_files(enc_ok, merges_odd); }, merges_odd + ": line 3: a symbol has a character"));
   auto [vocab, m] = load_gpt2_files(enc_ok, merges);
-  CHECK(vocab.size() == 4 && vocab[3].first == " " && m.size() == 1);
+  CHECK(vocab.size() == 257 && vocab.token(32) == " " && vocab.token(34) == "\"" && m.merges.size() == 1);
+  auto bpe = CoreBPE::from_merge_text(vocab, m, {}, "gpt2", enc_ok);
+  CHECK(encode(*bpe, "ab") == ids({256}) && encode(*bpe, "a b") == ids({'a', ' ', 'b'}));
 }
 
 static void test_gpt2_assets() {
   std::string dir = FASTLLM_ASSETS;
   auto [vocab, merges] = load_gpt2_files(dir + "/encoder.json", dir + "/vocab.bpe");
-  auto bpe = CoreBPE::from_merges(vocab, merges, {{"<|endoftext|>", 50256, true}}, "gpt2");
+  auto bpe = CoreBPE::from_merge_text(vocab, merges, {{"<|endoftext|>", 50256, true}}, "gpt2", "encoder.json");
   CHECK(bpe->vocab_size() == 50257);
   CHECK(encode(*bpe, "hello world") == ids({31373, 995}));  // as in tiktoken's own tests
   std::vector<uint32_t> out;
@@ -175,7 +198,7 @@ static void test_gpt2_assets() {
   CHECK(out == ids({31373, 220, 50256}));
   std::string text = "Unicode: caf\xc3\xa9, \xe4\xbd\xa0\xe5\xa5\xbd, emoji \xf0\x9f\x98\x80!\n\n  x";
   CHECK(decode(*bpe, encode(*bpe, text)) == text);
-  CHECK(bpe->merges().size() == merges.size());
+  CHECK(bpe->merges().size() == merges.merges.size());
 }
 
 int main() {

@@ -1,0 +1,220 @@
+// The linear-time merge (bpe_backtrack.cpp) against the queue merge, the O(n^2) scan and a naive BPE,
+// on vocabularies trained here on small alphabets (where merges interact most), on random vocabularies
+// (unreachable tokens, priorities that do not grow towards the root) and on GPT-2's.
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bpe.h"
+#include "check.h"
+#include "prefix_trie.h"
+
+using namespace fastllm;
+using Algo = CoreBPE::MergeAlgo;
+
+static std::vector<uint32_t> merge(const CoreBPE& bpe, const std::string& s, Algo algo) {
+  std::vector<uint32_t> out;
+  if (!bpe.merge_piece(s, algo, out)) out = {CoreBPE::kNoToken};
+  return out;
+}
+
+// Naive BPE: the pair with the lowest priority merges first, leftmost among equals. priority(a, b)
+// returns UINT32_MAX for pairs that do not merge.
+template <typename Priority>
+static std::vector<uint32_t> naive(const CoreBPE& bpe, const std::string& s, Priority priority) {
+  std::vector<uint32_t> parts;
+  for (char c : s) parts.push_back(bpe.token_to_id(std::string(1, c)));
+  while (true) {
+    size_t best = SIZE_MAX;
+    uint32_t best_p = UINT32_MAX;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      uint32_t p = priority(parts[i], parts[i + 1]);
+      if (p < best_p) best_p = p, best = i;
+    }
+    if (best == SIZE_MAX) return parts;
+    std::string joined(bpe.token_bytes(parts[best]));
+    joined += bpe.token_bytes(parts[best + 1]);
+    parts[best] = bpe.token_to_id(joined);
+    parts.erase(parts.begin() + static_cast<long>(best) + 1);
+  }
+}
+
+static std::vector<uint32_t> naive_ranks(const CoreBPE& bpe, const std::string& s) {
+  return naive(bpe, s, [&](uint32_t a, uint32_t b) {
+    std::string joined(bpe.token_bytes(a));
+    joined += bpe.token_bytes(b);
+    return bpe.token_to_id(joined);  // kNoToken == UINT32_MAX when absent
+  });
+}
+
+static std::vector<uint32_t> naive_merges(const CoreBPE& bpe, const std::string& s, const CoreBPE::Merges& m) {
+  std::map<std::pair<uint32_t, uint32_t>, uint32_t> prio;
+  for (size_t i = m.size(); i-- > 0;) prio[m[i]] = static_cast<uint32_t>(i);
+  return naive(bpe, s, [&](uint32_t a, uint32_t b) {
+    auto it = prio.find({a, b});
+    return it == prio.end() ? UINT32_MAX : it->second;
+  });
+}
+
+static std::string random_text(std::mt19937& rng, const std::string& alphabet, size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) s += alphabet[rng() % alphabet.size()];
+  return s;
+}
+
+// BPE training on one piece of `text`: repeatedly merge the most frequent adjacent pair (ties: lowest
+// ids) whose bytes are not a token yet. Ids 0..255 are the bytes; merge i makes id 256 + i.
+static void train(const std::string& text, size_t num_merges, CoreBPE::Vocab& vocab, CoreBPE::Merges& merges) {
+  vocab = CoreBPE::Vocab();
+  merges.clear();
+  std::vector<std::string> bytes;
+  std::map<std::string, uint32_t> ids;
+  for (int b = 0; b < 256; ++b) {
+    bytes.emplace_back(1, static_cast<char>(b));
+    ids[bytes.back()] = static_cast<uint32_t>(b);
+  }
+  std::vector<uint32_t> seq;
+  for (char c : text) seq.push_back(static_cast<unsigned char>(c));
+  while (merges.size() < num_merges) {
+    std::map<std::pair<uint32_t, uint32_t>, size_t> count;
+    for (size_t i = 0; i + 1 < seq.size(); ++i) ++count[{seq[i], seq[i + 1]}];
+    std::pair<uint32_t, uint32_t> best{0, 0};
+    size_t best_n = 0;
+    for (auto& [pr, n] : count)
+      if (n > best_n && !ids.count(bytes[pr.first] + bytes[pr.second])) best = pr, best_n = n;
+    if (best_n < 2) break;
+    uint32_t t = static_cast<uint32_t>(bytes.size());
+    bytes.push_back(bytes[best.first] + bytes[best.second]);
+    ids[bytes.back()] = t;
+    merges.push_back(best);
+    std::vector<uint32_t> next;
+    for (size_t i = 0; i < seq.size(); ++i) {
+      if (i + 1 < seq.size() && seq[i] == best.first && seq[i + 1] == best.second) next.push_back(t), ++i;
+      else next.push_back(seq[i]);
+    }
+    seq.swap(next);
+  }
+  for (uint32_t id = 0; id < bytes.size(); ++id) vocab.add(bytes[id], id);
+}
+
+static void test_prefix_trie() {
+  std::vector<std::string_view> keys = {"ab", "a", "abc", "b", "bcd", std::string_view("\xff\x00z", 3)};
+  std::vector<uint32_t> values = {10, 11, 12, 13, 14, 15}, node_of, longest_prefix;
+  PrefixTrie trie;
+  trie.build(keys, values, node_of, longest_prefix);
+  CHECK(trie.longest("abcd", 4) == 12 && trie.longest("abd", 3) == 10 && trie.longest("bc", 2) == 13);
+  CHECK(trie.longest("x", 1) == PrefixTrie::kNone && trie.longest("ab", 1) == 11);
+  CHECK(trie.longest("\xff\x00zz", 4) == 15 && trie.longest("\xff\x00", 2) == PrefixTrie::kNone);
+  CHECK(longest_prefix[2] == 0 && longest_prefix[0] == 1 && longest_prefix[1] == PrefixTrie::kNone);
+  CHECK(longest_prefix[4] == 3 && longest_prefix[5] == PrefixTrie::kNone);
+  trie.set_value(node_of[0], PrefixTrie::kNone);  // "ab" removed: "abd" falls back to "a"
+  CHECK(trie.longest("abd", 3) == 11);
+}
+
+static void test_trained_vocabularies() {
+  std::mt19937 rng(1);
+  const std::string alphabets[] = {"ab", "abc", "aab", "abcd", "ab\xc3\xa9"};
+  for (int round = 0; round < 10; ++round) {
+    const std::string& alphabet = alphabets[round % 5];
+    CoreBPE::Vocab vocab;
+    CoreBPE::Merges m;
+    train(random_text(rng, alphabet, 3000), 40 + rng() % 200, vocab, m);
+    auto ranks = CoreBPE::from_ranks(vocab, {}, "gpt2");
+    auto merges = CoreBPE::from_merges(vocab, m, {}, "gpt2");
+    for (int trial = 0; trial < 60; ++trial) {
+      size_t n = 1 + rng() % (trial % 6 == 0 ? 2000 : 120);
+      std::string s = trial % 3 == 0 ? std::string(n, alphabet[0]) : random_text(rng, alphabet, n);
+      std::vector<uint32_t> r = merge(*ranks, s, Algo::kLinear), g = merge(*merges, s, Algo::kLinear);
+      CHECK(r == merge(*ranks, s, Algo::kQueue));
+      CHECK(g == merge(*merges, s, Algo::kQueue));
+      if (n <= 96) {
+        CHECK(r == merge(*ranks, s, Algo::kSmall));
+        CHECK(g == merge(*merges, s, Algo::kSmall));
+      }
+      if (n <= 300) {
+        CHECK(r == naive_ranks(*ranks, s));
+        CHECK(g == naive_merges(*merges, s, m));
+      }
+    }
+  }
+}
+
+// Random tokens over a small alphabet with random ranks: many are unreachable, and some vocabularies
+// build a token from a part of higher rank, which the linear path must refuse (then it returns false).
+static void test_random_vocabularies() {
+  std::mt19937 rng(2);
+  int refused = 0;
+  for (int round = 0; round < 40; ++round) {
+    CoreBPE::Vocab vocab;
+    for (int b = 0; b < 256; ++b) vocab.add(std::string(1, static_cast<char>(b)), b);
+    std::map<std::string, bool> seen;
+    size_t want = 20 + rng() % 80;
+    while (seen.size() < want) seen[random_text(rng, "abc", 2 + rng() % 5)] = true;
+    std::vector<uint32_t> perm(seen.size());
+    for (uint32_t i = 0; i < perm.size(); ++i) perm[i] = 256 + i;
+    std::shuffle(perm.begin(), perm.end(), rng);
+    size_t k = 0;
+    for (auto& [tok, unused] : seen) vocab.add(tok, perm[k++]);
+    auto bpe = CoreBPE::from_ranks(vocab, {}, "gpt2");
+    for (int trial = 0; trial < 40; ++trial) {
+      std::string s = random_text(rng, "abc", 1 + rng() % 300);
+      std::vector<uint32_t> linear = merge(*bpe, s, Algo::kLinear);
+      if (linear == std::vector<uint32_t>{CoreBPE::kNoToken}) {
+        ++refused;
+        break;
+      }
+      CHECK(linear == merge(*bpe, s, Algo::kQueue));
+      CHECK(linear == naive_ranks(*bpe, s));
+    }
+  }
+  CHECK(refused > 0 && refused < 40);  // both kinds occur with this seed
+}
+
+static void test_refused_vocabulary_still_exact() {
+  CoreBPE::Vocab v;
+  for (int b = 0; b < 256; ++b) v.add(std::string(1, static_cast<char>(b)), b);
+  v.add("abc", 256);  // built from "ab", which has a higher rank
+  v.add("ab", 257);
+  auto bpe = CoreBPE::from_ranks(v, {}, "gpt2");
+  std::vector<uint32_t> out;
+  CHECK(!bpe->merge_piece("abcabc", Algo::kLinear, out));
+  std::string s;
+  for (int i = 0; i < 300000; ++i) s += "abcab"[i % 5];  // over kBacktrackAfter: asks for the tables
+  out.clear();
+  bpe->encode_ordinary(s, out);
+  CHECK(out == merge(*bpe, s, Algo::kQueue));
+}
+
+static void test_gpt2_vocabulary() {
+  std::string dir = FASTLLM_ASSETS;
+  auto [vocab, merges] = load_gpt2_files(dir + "/encoder.json", dir + "/vocab.bpe");
+  auto bpe = CoreBPE::from_merge_text(vocab, merges, {}, "gpt2", "encoder.json");
+  std::mt19937 rng(3);
+  const std::string alphabets[] = {"ab", "aeiou", "abcdefghijklmnopqrstuvwxyz", "=-#", "\xe4\xb8\x80\xe4\xb8\x81\xc3\xa9"};
+  for (int trial = 0; trial < 300; ++trial) {
+    size_t n = 1 + rng() % (trial % 10 == 0 ? 3000 : 200);
+    std::string s = trial % 6 == 5 ? std::string() : random_text(rng, alphabets[trial % 5], n);
+    if (s.empty())
+      for (size_t i = 0; i < n; ++i) s += static_cast<char>(rng() % 256);
+    CHECK(merge(*bpe, s, Algo::kLinear) == merge(*bpe, s, Algo::kQueue));
+  }
+  // One giant piece through encode_ordinary: past kBacktrackAfter, so it takes the linear path.
+  std::string giant = random_text(rng, "abcdefghijklmnopqrstuvwxyz", 600000);
+  std::vector<uint32_t> out;
+  bpe->encode_ordinary(giant, out);
+  CHECK(out == merge(*bpe, giant, Algo::kQueue));
+}
+
+int main() {
+  test_prefix_trie();
+  test_trained_vocabularies();
+  test_random_vocabularies();
+  test_refused_vocabulary_still_exact();
+  test_gpt2_vocabulary();
+  if (g_failures) std::fprintf(stderr, "%d check(s) failed\n", g_failures);
+  else std::printf("test_backtrack: all checks passed\n");
+  return g_failures ? 1 : 0;
+}
