@@ -42,8 +42,9 @@ class _Reader:
             self.fail("pre_tokenizer is null; a byte-level BPE needs ByteLevel pre-tokenization")
         steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
         if not isinstance(steps, list) or not steps or steps[-1].get("type") != "ByteLevel":
-            self.fail(f"pre_tokenizer {json.dumps(pre)[:200]} is not supported (expected ByteLevel, or Split then "
-                      f"ByteLevel)")
+            self.fail(
+                f"pre_tokenizer {json.dumps(pre)[:200]} is not supported (expected ByteLevel, or Split then ByteLevel)"
+            )
         byte_level = steps[-1]
         if byte_level.get("add_prefix_space", False):
             self.fail("pre_tokenizer ByteLevel.add_prefix_space=true is not supported")
@@ -57,8 +58,10 @@ class _Reader:
         if byte_level.get("use_regex", True):
             self.fail("pre_tokenizer Split followed by ByteLevel with use_regex=true is not supported")
         if split.get("behavior") != "Isolated" or split.get("invert", False):
-            self.fail(f"pre_tokenizer Split behavior {split.get('behavior')!r} invert={split.get('invert')} is not "
-                      f"supported (expected Isolated, not inverted)")
+            self.fail(
+                f"pre_tokenizer Split behavior {split.get('behavior')!r} invert={split.get('invert')} is not "
+                f"supported (expected Isolated, not inverted)"
+            )
         pat = split.get("pattern", {})
         if not isinstance(pat, dict) or not isinstance(pat.get("Regex"), str):
             self.fail(f"pre_tokenizer Split pattern {pat!r} is not supported (expected {{'Regex': ...}})")
@@ -158,8 +161,15 @@ def write_tokenizer_json(
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-             "special": special}
+            {
+                "id": i,
+                "content": text,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": special,
+            }
             for text, i, special in specials
         ],
         "normalizer": None,

@@ -44,8 +44,14 @@ PATTERNS = {
         ]
     ),
 }
-_ALIASES = {"r50k": "gpt2", "p50k": "gpt2", "r50k_base": "gpt2", "p50k_base": "gpt2", "cl100k_base": "cl100k",
-            "o200k_base": "o200k"}
+_ALIASES = {
+    "r50k": "gpt2",
+    "p50k": "gpt2",
+    "r50k_base": "gpt2",
+    "p50k_base": "gpt2",
+    "cl100k_base": "cl100k",
+    "o200k_base": "o200k",
+}
 # tiktoken's spellings of the same patterns (what a user copying them from tiktoken_ext passes).
 _TIKTOKEN_SPELLINGS = {
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""": "gpt2",
@@ -217,8 +223,10 @@ class Tokenizer:
             raise TypeError(f'{arg} must be "all" or a collection of special-token strings, got {value!r}')
         unknown = [t for t in value if t not in self._special_tokens]
         if unknown:
-            raise ValueError(f"{arg}: {unknown[0]!r} is not a special token of this tokenizer "
-                             f"(it has {sorted(self._special_tokens)})")
+            raise ValueError(
+                f"{arg}: {unknown[0]!r} is not a special token of this tokenizer "
+                f"(it has {sorted(self._special_tokens)})"
+            )
         return set(value)
 
     def _raise_disallowed(self, k: int):
@@ -332,8 +340,11 @@ class Tokenizer:
         pattern = self._core.pattern
         write_tokenizer_json(
             os.fspath(path),
-            vocab={self._core.token_bytes(i): i for i in range(self.vocab_size)
-                   if self._core.has_id(i) and not self._core.is_special(i)},
+            vocab={
+                self._core.token_bytes(i): i
+                for i in range(self.vocab_size)
+                if self._core.has_id(i) and not self._core.is_special(i)
+            },
             merges=self._core.merges(),
             specials=self._core.specials,
             regex=PATTERNS.get(pattern, pattern),
@@ -368,4 +379,3 @@ def train_bpe(*args, **kwargs) -> Tokenizer:
     from fastllm._train_bpe import train_bpe as _train
 
     return _train(*args, **kwargs)
-

@@ -64,6 +64,7 @@ ALL_CHARS = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
 
 # ==== Oracles ====
 
+
 def tiktoken_class(cls: str) -> frozenset:
     """Code points that tiktoken's regex engine puts in `cls` (a byte-level Encoding drops unmatched bytes)."""
     tiktoken = pytest.importorskip("tiktoken")
@@ -100,7 +101,7 @@ def oracle_split(text: str, name: str) -> list:
     stand_in = text.translate(unicode16_stand_ins())
     pieces, start = [], 0
     for piece in regex.findall(PATTERNS[name], stand_in):
-        pieces.append(text[start:start + len(piece)])
+        pieces.append(text[start : start + len(piece)])
         start += len(piece)
     assert start == len(text), "the built-in patterns cover every code point"
     return pieces
@@ -143,6 +144,7 @@ def assert_same_split(text: str, name: str) -> None:
 
 # ==== Patterns and tables ====
 
+
 def test_patterns_are_tiktokens():
     openai_public = pytest.importorskip("tiktoken_ext.openai_public")
     assert openai_public.r50k_pat_str == R50K_PAT
@@ -176,8 +178,28 @@ def test_contraction_case_folding_matches_tiktoken():
     for letter in "dmtlvre":
         assert folds[letter] == {letter, letter.upper()}
     for name in NAMES:
-        for ending in ["s", "S", "\u017f", "t", "T", "d", "m", "ll", "LL", "lL", "ve", "VE", "re", "rE", "\u212a",
-                       "\u00df", "\ufb06", "l", "v", "r"]:
+        for ending in [
+            "s",
+            "S",
+            "\u017f",
+            "t",
+            "T",
+            "d",
+            "m",
+            "ll",
+            "LL",
+            "lL",
+            "ve",
+            "VE",
+            "re",
+            "rE",
+            "\u212a",
+            "\u00df",
+            "\ufb06",
+            "l",
+            "v",
+            "r",
+        ]:
             for text in [f"'{ending}", f"x'{ending}", f"X'{ending} ", f"'{ending}x", f" '{ending}'s"]:
                 assert_same_split(text, name)
 
@@ -187,8 +209,10 @@ def test_contraction_case_folding_matches_tiktoken():
 KNOWN = {
     "gpt2": [
         ("Hello world", ["Hello", " world"]),
-        ("I'm don't it's we'll you've they're he'd", ["I", "'m", " don", "'t", " it", "'s", " we", "'ll", " you",
-                                                      "'ve", " they", "'re", " he", "'d"]),
+        (
+            "I'm don't it's we'll you've they're he'd",
+            ["I", "'m", " don", "'t", " it", "'s", " we", "'ll", " you", "'ve", " they", "'re", " he", "'d"],
+        ),
         ("IT'S", ["IT", "'", "S"]),
         ("a  b", ["a", " ", " b"]),
         ("a\t\x0b\x0c b", ["a", "\t\x0b\x0c", " b"]),
@@ -258,15 +282,53 @@ NOT_SPACES = "\x1c\x1d\x1e\x1f\x00\x7f\u200b\u180e\ufeff"
 LETTERS = "aAzZ\u00e0\u00c0\u03c9\u03a9\u0436\u0416\u01c5\u01c8\u1ffc\u02b0\u02bc\u3005\u30fc\u00aa\u3042\u4e2d\u05d0"
 MARKS = "\u0301\u0308\u0903\u20dd\u0e31\u302a"
 NUMBERS = "0123456789\u0663\u096a\u2160\u216b\u00bd\u00b2\U0001d7ce"
-OTHER = "!.,;:/\\-_()[]{}\"#@$%^&*+=<>?|`~\u00a7\u2014\u2026\U0001f600\U0001f44d\U0001f3fd\u200d\u2764\ufe0f"
-CONTRACTIONS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", "'T", "'RE", "'Ve", "'M", "'LL", "'lL", "'D",
-                "'\u017f", "'\u212a", "'", "''", "n't", "N'T"]
-FRAGMENTS = ["\r\n", "  ", "   ", " \n ", "\n\n", "123456", "Hello", "HTTPServer", "\u4e2d\u6587\u5b57",
-             "e\u0301", "\U0001f468\u200d\U0001f469\u200d\U0001f467"]
+OTHER = '!.,;:/\\-_()[]{}"#@$%^&*+=<>?|`~\u00a7\u2014\u2026\U0001f600\U0001f44d\U0001f3fd\u200d\u2764\ufe0f'
+CONTRACTIONS = [
+    "'s",
+    "'t",
+    "'re",
+    "'ve",
+    "'m",
+    "'ll",
+    "'d",
+    "'S",
+    "'T",
+    "'RE",
+    "'Ve",
+    "'M",
+    "'LL",
+    "'lL",
+    "'D",
+    "'\u017f",
+    "'\u212a",
+    "'",
+    "''",
+    "n't",
+    "N'T",
+]
+FRAGMENTS = [
+    "\r\n",
+    "  ",
+    "   ",
+    " \n ",
+    "\n\n",
+    "123456",
+    "Hello",
+    "HTTPServer",
+    "\u4e2d\u6587\u5b57",
+    "e\u0301",
+    "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+]
 
 atoms = st.one_of(
-    st.sampled_from(SPACES), st.sampled_from(NOT_SPACES), st.sampled_from(LETTERS), st.sampled_from(MARKS),
-    st.sampled_from(NUMBERS), st.sampled_from(OTHER), st.sampled_from(CONTRACTIONS), st.sampled_from(FRAGMENTS),
+    st.sampled_from(SPACES),
+    st.sampled_from(NOT_SPACES),
+    st.sampled_from(LETTERS),
+    st.sampled_from(MARKS),
+    st.sampled_from(NUMBERS),
+    st.sampled_from(OTHER),
+    st.sampled_from(CONTRACTIONS),
+    st.sampled_from(FRAGMENTS),
     st.characters(exclude_categories=["Cs"]),
 )
 texts = st.lists(atoms, max_size=40).map("".join)
@@ -305,6 +367,7 @@ def test_pieces_cover_text(name, text):
 
 # ==== Corpora ====
 
+
 def corpus_params():
     if not CORPORA:
         reason = f"no corpora under {SHARED / 'corpora'} (../shared is not checked out)"
@@ -328,6 +391,7 @@ def test_corpus_matches_tiktoken_ids(path, name):
 
 # ==== HF tokenizers (Oniguruma) ====
 
+
 def hf_split(text: str, pattern: str) -> list:
     tokenizers = pytest.importorskip("tokenizers")
     split = tokenizers.pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="isolated")
@@ -343,7 +407,7 @@ def test_hf_tables_match_tiktoken():
         removed = tokenizers.pre_tokenizers.Split(tokenizers.Regex(cls), behavior="removed")
         kept = set()
         for start in range(0, len(chars), 1 << 16):
-            for piece, _ in removed.pre_tokenize_str(chars[start:start + (1 << 16)]):
+            for piece, _ in removed.pre_tokenize_str(chars[start : start + (1 << 16)]):
                 kept.update(piece)
         assert set(chars) - kept == tk[cls] & set(chars), cls
 

@@ -30,18 +30,28 @@ SHARED = Path(os.environ.get("FASTLLM_SHARED", Path(__file__).resolve().parents[
 CORPORA = sorted((SHARED / "corpora").glob("*.txt"))
 MAX_EXAMPLES = int(os.environ.get("FASTLLM_MAX_EXAMPLES", 200))
 
-LLAMA3 = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-          r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+LLAMA3 = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
 GPT2_ORIGINAL = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 R50K = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-CL100K = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$"""
-          r"""|\s*[\r\n]|\s+(?!\S)|\s""")
-O200K = "|".join([
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-    r"""\p{N}{1,3}""", r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""", r"""\s*[\r\n]+""", r"""\s+(?!\S)""", r"""\s+""",
-])
+CL100K = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+O200K = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
 # In the style of DeepSeek-V3's tokenizer.json: a long literal letter class and CJK ranges (escaped, so that no
 # editor normalizes the Greek and letterlike ends of its ranges).
 DEEPSEEK = (
@@ -57,25 +67,73 @@ DEEPSEEK = (
     "\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+|\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e"
     "\u2018-\u201f\u3000-\u3002]+|\\s+$|[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+|\\p{N}+"
 )
-TOKENIZER_PATTERNS = {"llama3": LLAMA3, "qwen2": QWEN2, "gpt2": GPT2_ORIGINAL, "r50k": R50K, "cl100k": CL100K,
-                      "o200k": O200K, "deepseek": DEEPSEEK}
+TOKENIZER_PATTERNS = {
+    "llama3": LLAMA3,
+    "qwen2": QWEN2,
+    "gpt2": GPT2_ORIGINAL,
+    "r50k": R50K,
+    "cl100k": CL100K,
+    "o200k": O200K,
+    "deepseek": DEEPSEEK,
+}
 
 ALL_CHARS = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000)
 # Classes whose members must agree with tiktoken (Unicode 16.0) code point by code point.
-TIKTOKEN_CLASSES = [r"\s", r"\d", r"\w", r"\p{Lu}", r"\p{Ll}", r"\p{Lt}", r"\p{Lm}", r"\p{Lo}", r"\p{Mn}", r"\p{Mc}",
-                    r"\p{Me}", r"\p{Nd}", r"\p{Nl}", r"\p{No}", r"\p{P}", r"\p{S}", r"\p{Z}", r"\p{Cc}", r"\p{Cf}",
-                    r"\p{Co}", r"\p{Cn}", r"(?i)\p{Ll}", r"(?i)\p{Lt}", r"(?i)[a-z\u00e0-\u00ff\u0400-\u045f]"]
+TIKTOKEN_CLASSES = [
+    r"\s",
+    r"\d",
+    r"\w",
+    r"\p{Lu}",
+    r"\p{Ll}",
+    r"\p{Lt}",
+    r"\p{Lm}",
+    r"\p{Lo}",
+    r"\p{Mn}",
+    r"\p{Mc}",
+    r"\p{Me}",
+    r"\p{Nd}",
+    r"\p{Nl}",
+    r"\p{No}",
+    r"\p{P}",
+    r"\p{S}",
+    r"\p{Z}",
+    r"\p{Cc}",
+    r"\p{Cf}",
+    r"\p{Co}",
+    r"\p{Cn}",
+    r"(?i)\p{Ll}",
+    r"(?i)\p{Lt}",
+    r"(?i)[a-z\u00e0-\u00ff\u0400-\u045f]",
+]
 # Classes the texts must agree on between `regex` (Unicode 17) and us.
-DISPUTE_CLASSES = [r"\s", r"\w", r"\d", r"\p{L}", r"\p{Lu}", r"\p{Ll}", r"\p{Lt}", r"\p{Lm}", r"\p{Lo}", r"\p{M}",
-                   r"\p{N}", r"\p{P}", r"\p{S}", r"\p{Zs}", r"\p{Cn}", r"(?i)\p{Lu}"]
+DISPUTE_CLASSES = [
+    r"\s",
+    r"\w",
+    r"\d",
+    r"\p{L}",
+    r"\p{Lu}",
+    r"\p{Ll}",
+    r"\p{Lt}",
+    r"\p{Lm}",
+    r"\p{Lo}",
+    r"\p{M}",
+    r"\p{N}",
+    r"\p{P}",
+    r"\p{S}",
+    r"\p{Zs}",
+    r"\p{Cn}",
+    r"(?i)\p{Lu}",
+]
 # Tricky characters for random text: contractions, folding (U+017F, U+212A, sigma), digits of several kinds,
 # spaces of several kinds, marks, CJK, emoji, line separators.
 ALPHABET = list("aAbkKsSzZ019 \t\n\r'.,!?-_/()[]$\\") + list(
     "\u017f\u212a\u00e9\u00c9\u00df\u1e9e\u03a3\u03c3\u03c2\u0436\u0416\u4e2d\u6587\u0663\u00b2\u20ac\u00a0\u2028"
-    "\u3000\u0301\u0308\U0001F600\u01c5\u02b0\uac00")
+    "\u3000\u0301\u0308\U0001f600\u01c5\u02b0\uac00"
+)
 
 
 # ==== Oracles ====
+
 
 def ours(text: str, pattern: str) -> list:
     return pretokenize(text, pattern)
@@ -138,6 +196,7 @@ def oracle(text: str, pattern: str) -> list:
 
 # ==== Unicode tables ====
 
+
 @pytest.mark.parametrize("cls", TIKTOKEN_CLASSES)
 def test_classes_match_tiktoken(cls):
     tiktoken = pytest.importorskip("tiktoken")
@@ -150,6 +209,7 @@ def test_classes_match_tiktoken(cls):
 
 # ==== Tokenizer patterns ====
 
+
 @pytest.mark.parametrize("name", list(TOKENIZER_PATTERNS))
 def test_tokenizer_patterns_on_corpora(name):
     if not CORPORA:
@@ -160,8 +220,7 @@ def test_tokenizer_patterns_on_corpora(name):
 
 
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=st.text(alphabet=st.sampled_from(ALPHABET), max_size=60),
-       name=st.sampled_from(sorted(TOKENIZER_PATTERNS)))
+@given(text=st.text(alphabet=st.sampled_from(ALPHABET), max_size=60), name=st.sampled_from(sorted(TOKENIZER_PATTERNS)))
 def test_tokenizer_patterns_on_random_text(text, name):
     assert ours(text, TOKENIZER_PATTERNS[name]) == oracle(text, TOKENIZER_PATTERNS[name])
 
@@ -180,12 +239,69 @@ def test_long_runs():
 
 # ==== Random patterns ====
 
-LITERALS = ["a", "b", "k", "s", "z", "0", "1", " ", r"\.", r"\'", r"\n", r"\r", r"\t", "'", ",", "-", "\u00e9",
-            "\u00df", "\u03a3", "\u0436", "\u4e2d", r"\x41", r"\u00e9"]
-SHORTHANDS = [r"\s", r"\S", r"\d", r"\D", r"\w", r"\W", r"\p{L}", r"\p{Lu}", r"\p{Ll}", r"\p{N}", r"\P{L}", r"\p{M}",
-              r"\p{P}", r"\p{S}", r"\p{Zs}", r"\pL", r"\p{Letter}", "."]
-CLASS_ITEMS = ["a-c", "x", "0-9", r"\s", r"\p{L}", r"\p{N}", r"\r\n", "'", "\u00e9-\u00f6", r"\d", r"\W", "A-Z", "k",
-               "_", r"\-", "\u4e2d"]
+LITERALS = [
+    "a",
+    "b",
+    "k",
+    "s",
+    "z",
+    "0",
+    "1",
+    " ",
+    r"\.",
+    r"\'",
+    r"\n",
+    r"\r",
+    r"\t",
+    "'",
+    ",",
+    "-",
+    "\u00e9",
+    "\u00df",
+    "\u03a3",
+    "\u0436",
+    "\u4e2d",
+    r"\x41",
+    r"\u00e9",
+]
+SHORTHANDS = [
+    r"\s",
+    r"\S",
+    r"\d",
+    r"\D",
+    r"\w",
+    r"\W",
+    r"\p{L}",
+    r"\p{Lu}",
+    r"\p{Ll}",
+    r"\p{N}",
+    r"\P{L}",
+    r"\p{M}",
+    r"\p{P}",
+    r"\p{S}",
+    r"\p{Zs}",
+    r"\pL",
+    r"\p{Letter}",
+    ".",
+]
+CLASS_ITEMS = [
+    "a-c",
+    "x",
+    "0-9",
+    r"\s",
+    r"\p{L}",
+    r"\p{N}",
+    r"\r\n",
+    "'",
+    "\u00e9-\u00f6",
+    r"\d",
+    r"\W",
+    "A-Z",
+    "k",
+    "_",
+    r"\-",
+    "\u4e2d",
+]
 NEGATED = ("[^", r"\W", r"\S", r"\D", r"\P")
 
 
@@ -240,8 +356,28 @@ def test_random_patterns(pattern, text):
 
 # ==== Errors ====
 
-@pytest.mark.parametrize("pattern", ["(", "a)", "[a", "a**", "*a", "\\", r"\p{NoSuchProperty}", "a{3,2}", r"(?<=a+)b",
-                                     r"(\w)\1", "(?P<n>a)(?P=n)", "[z-a]", "(?Q)", "[[a]]", "(?(1)a|b)", r"\K"])
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(",
+        "a)",
+        "[a",
+        "a**",
+        "*a",
+        "\\",
+        r"\p{NoSuchProperty}",
+        "a{3,2}",
+        r"(?<=a+)b",
+        r"(\w)\1",
+        "(?P<n>a)(?P=n)",
+        "[z-a]",
+        "(?Q)",
+        "[[a]]",
+        "(?(1)a|b)",
+        r"\K",
+    ],
+)
 def test_malformed_pattern_raises_value_error(pattern):
     with pytest.raises(ValueError, match="invalid regex"):
         pretokenize("text", pattern)

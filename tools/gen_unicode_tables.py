@@ -43,8 +43,9 @@ CATEGORY_FLAG = {
 }
 # PropList.txt White_Space, unchanged since Unicode 6.3 (when U+180E left it). Rust regex `\s` is exactly this
 # property; Python's str.isspace() also accepts U+001C..U+001F, which must NOT count as space here.
-WHITE_SPACE = frozenset([*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
-                         0x202F, 0x205F, 0x3000])
+WHITE_SPACE = frozenset(
+    [*range(0x09, 0x0E), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+)
 
 HEADER = """\
 // GENERATED FILE, DO NOT EDIT. Unicode {version} category flags for the pre-tokenizer.
@@ -109,8 +110,10 @@ def load_unicodedata():
     except ImportError:
         sys.exit(f"needs unicodedata2: pip install unicodedata2=={UNICODE_VERSION}")
     if unicodedata2.unidata_version != UNICODE_VERSION:
-        sys.exit(f"unicodedata2 has Unicode {unicodedata2.unidata_version}, need {UNICODE_VERSION}: "
-                 f"pip install unicodedata2=={UNICODE_VERSION}")
+        sys.exit(
+            f"unicodedata2 has Unicode {unicodedata2.unidata_version}, need {UNICODE_VERSION}: "
+            f"pip install unicodedata2=={UNICODE_VERSION}"
+        )
     return unicodedata2
 
 
@@ -134,7 +137,7 @@ def two_stage(flags: list[int]) -> tuple[list[int], list[int]]:
     blocks: dict[tuple[int, ...], int] = {}
     index = []
     for start in range(0, len(flags), BLOCK_SIZE):
-        block = tuple(flags[start:start + BLOCK_SIZE])
+        block = tuple(flags[start : start + BLOCK_SIZE])
         index.append(blocks.setdefault(block, len(blocks)))
     assert len(blocks) <= 256, "block index no longer fits in a byte; widen kBlockIndex"
     data = [value for block in blocks for value in block]
@@ -145,34 +148,59 @@ def ascii_folds() -> list[tuple[int, str]]:
     # Code points above ASCII whose single-character case folding is an ASCII letter (U+017F, U+212A).
     # Python's casefold() is Unicode 14 here; these entries date from Unicode 3 and are checked against
     # tiktoken by the tests.
-    return [(cp, chr(cp).casefold()) for cp in range(0x80, MAX_CODE_POINT + 1)
-            if not 0xD800 <= cp < 0xE000 and len(chr(cp).casefold()) == 1 and chr(cp).casefold().isascii()
-            and chr(cp).casefold().isalpha()]
+    return [
+        (cp, chr(cp).casefold())
+        for cp in range(0x80, MAX_CODE_POINT + 1)
+        if not 0xD800 <= cp < 0xE000
+        and len(chr(cp).casefold()) == 1
+        and chr(cp).casefold().isascii()
+        and chr(cp).casefold().isalpha()
+    ]
 
 
 def format_array(values: list[int], per_line: int = 20) -> str:
     lines = []
     for start in range(0, len(values), per_line):
-        lines.append("    " + ", ".join(str(v) for v in values[start:start + per_line]) + ",")
+        lines.append("    " + ", ".join(str(v) for v in values[start : start + per_line]) + ",")
     return "\n".join(lines)
 
 
 def render(ud) -> str:
     flags = code_point_flags(ud)
     index, data = two_stage(flags)
-    names = {"Lu": "kLu", "Ll": "kLl", "Lt": "kLt", "Lm": "kLm", "Lo": "kLo", "M": "kMark", "N": "kNumber",
-             "White_Space": "kSpace"}
+    names = {
+        "Lu": "kLu",
+        "Ll": "kLl",
+        "Lt": "kLt",
+        "Lm": "kLm",
+        "Lo": "kLo",
+        "M": "kMark",
+        "N": "kNumber",
+        "White_Space": "kSpace",
+    }
     comments = {"M": "  // Mn | Mc | Me", "N": "  // Nd | Nl | No", "White_Space": "  // White_Space, Rust regex \\s"}
     flag_enum = "\n".join(f"  {names[k]} = 1u << {bit},{comments.get(k, '')}" for k, bit in FLAG_BITS.items())
     folds = ascii_folds()
-    fold_cases = "\n".join(f"  if (cp == 0x{cp:04X}u) return '{letter}';  // {ud.name(chr(cp))}"
-                           for cp, letter in folds)
+    fold_cases = "\n".join(
+        f"  if (cp == 0x{cp:04X}u) return '{letter}';  // {ud.name(chr(cp))}" for cp, letter in folds
+    )
     fold_names = " and ".join(f"U+{cp:04X}" for cp, _ in folds)
-    return HEADER.format(version=UNICODE_VERSION, ud2_version=package_version("unicodedata2"), flag_enum=flag_enum,
-                         ascii=format_array(flags[:128], 16), shift=BLOCK_SHIFT, block=BLOCK_SIZE,
-                         mask=BLOCK_SIZE - 1, n_index=len(index), index=format_array(index), n_flags=len(data),
-                         flags=format_array(data), max_cp=MAX_CODE_POINT, fold_cases=fold_cases,
-                         fold_names=fold_names)
+    return HEADER.format(
+        version=UNICODE_VERSION,
+        ud2_version=package_version("unicodedata2"),
+        flag_enum=flag_enum,
+        ascii=format_array(flags[:128], 16),
+        shift=BLOCK_SHIFT,
+        block=BLOCK_SIZE,
+        mask=BLOCK_SIZE - 1,
+        n_index=len(index),
+        index=format_array(index),
+        n_flags=len(data),
+        flags=format_array(data),
+        max_cp=MAX_CODE_POINT,
+        fold_cases=fold_cases,
+        fold_names=fold_names,
+    )
 
 
 def main(output: str, check: bool) -> int:
