@@ -11,13 +11,20 @@ from fastllm.tokenizer import train_bpe as train_bpe
 
 __version__ = "0.1.0"
 
-# The model layer imports torch; load it on first use so that the tokenizer alone stays light.
+# The model layer imports torch (and fastllm.patching transformers); load them on first use so that the tokenizer
+# alone stays light.
 _LAZY = {
     "load": "fastllm.checkpoints",
     "save": "fastllm.checkpoints",
     "ModelConfig": "fastllm.models",
     "Transformer": "fastllm.models",
     "generate": "fastllm.generate",
+    "patch": "fastllm.patching",
+    "unpatch": "fastllm.patching",
+    "patch_llama": "fastllm.patching",
+    "patch_mistral": "fastllm.patching",
+    "patch_qwen2": "fastllm.patching",
+    "patch_gpt2": "fastllm.patching",
 }
 __all__ = ["Tokenizer", "train_bpe", *_LAZY]
 

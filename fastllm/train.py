@@ -3,17 +3,21 @@
     python -m fastllm.train --data corpus.txt --train_tokenizer --vocab_size 4096 \\
         --preset swa-mla-262m --n_layer 4 --d_model 256 --n_head 4 --max_steps 2000 --out_dir out/run
     torchrun --nproc_per_node=8 -m fastllm.train --config run.toml           # DDP: NCCL on GPUs, gloo on CPU
+    torchrun --nproc_per_node=8 -m fastllm.train --config run.toml --parallel fsdp        # FSDP2 (fully_shard)
+    torchrun --nnodes=2 --node_rank=0 --master_addr=HOST0 --master_port=29500 --nproc_per_node=8 \\
+        -m fastllm.train --config run.toml                                   # then node_rank=1 on the other node
 
 One step = grad_accum micro-batches of batch_size rows per rank, then clip, AdamW, schedule. Every setting is in
 `fastllm.training.config.TrainConfig`. Checkpoints (`out_dir/step_*`, `out_dir/best`) load with `fastllm.load`;
 a rerun with the same out_dir resumes exactly where the last checkpoint left off (same losses as an uninterrupted
 run): the weights, AdamW moments, step, data cursor and RNG states are restored and the schedule is a function of
-the step. Only rank 0 writes checkpoints and logs (`out_dir/log.jsonl`: one JSON object per logged step).
+the step. Only rank 0 writes checkpoints and logs (`out_dir/log.jsonl`: one JSON object per logged step); under
+FSDP2 all ranks first gather the full weights and optimizer state, so every checkpoint has the single-process layout
+(`fastllm.training.parallel`). Multi-node: out_dir must be on a filesystem all nodes share.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastllm.training import data as D
+from fastllm.training import parallel as P
 from fastllm.training import state as S
 from fastllm.training.config import TrainConfig, parse_args
 
@@ -130,6 +135,11 @@ def evaluate(model, val: D.PackedRows, cfg: TrainConfig, rank, world, device, au
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, token count
     for idx in D.eval_batches(len(val), cfg.batch_size, rank, world, cfg.eval_batches):
+        if idx.numel() == 0:  # this rank has no rows left; a sharded model still needs it in the all-gathers
+            if P.is_sharded(model):
+                with autocast:
+                    model(val.rows(torch.zeros(1, dtype=torch.long))[0].to(device))
+            continue
         x, y = (t.to(device) for t in val.rows(idx))
         with autocast:
             total[0] += _loss(model, x, y).double() * y.numel()
@@ -173,6 +183,8 @@ def train(cfg: TrainConfig) -> dict:
     rank, world, device = _setup_distributed(cfg)
     if device.type == "cpu" and cfg.dtype == "float16":
         raise SystemExit("fastllm.train: float16 autocast needs CUDA; use --dtype bfloat16 or float32 on CPU")
+    if world > 1 and cfg.parallel == "fsdp" and cfg.dtype == "float16":
+        raise SystemExit("fastllm.train: float16 (loss scaling) is not supported with --parallel fsdp; use bfloat16")
     main = rank == 0
     if main:
         os.makedirs(cfg.out_dir, exist_ok=True)
@@ -188,6 +200,8 @@ def train(cfg: TrainConfig) -> dict:
     order = D.BatchOrder(len(train_rows), cfg.batch_size, cfg.seed, rank, world)
 
     model.to(device)
+    n_params = model.num_params()
+    net = P.parallelize(model, cfg.parallel, world, device)  # fsdp: shards `model` in place, before AdamW sees it
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
     )
@@ -197,7 +211,7 @@ def train(cfg: TrainConfig) -> dict:
         st = S.load_state(resume_from)
         if st["data_fingerprint"] != D.fingerprint(tokens):
             raise SystemExit(f"{resume_from}: the training data changed since this run began; use a new --out_dir")
-        optimizer.load_state_dict(st["optimizer"])
+        P.load_optimizer_state(model, optimizer, st["optimizer"])
         scaler.load_state_dict(st["scaler"])
         step, cursor, best_val = st["step"], st["cursor"], st["best_val"]
         S.set_rng_state(st["rng"], device)
@@ -205,17 +219,14 @@ def train(cfg: TrainConfig) -> dict:
     if main:
         with open(os.path.join(cfg.out_dir, "train_config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg.to_dict(), f, indent=2)
-    n_params = model.num_params()
     log.say(
         f"fastllm.train: {n_params / 1e6:.2f}M params, {tokens.numel():,} tokens ({len(train_rows)} train rows, "
         f"{len(val_rows)} val rows of {cfg.seq_len}), world {world} on {device}, {cfg.dtype}"
+        + (f", {cfg.parallel}" if world > 1 else "")
         + (f", resuming from {resume_from} at step {step}" if resume_from else "")
     )
 
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = torch.compile(net) if cfg.compile else net
+    step_net = torch.compile(net) if cfg.compile else net
     autocast = torch.autocast(device.type, dtype=DTYPES[cfg.dtype], enabled=cfg.dtype != "float32")
     tokens_per_step = cfg.batch_size * world * cfg.grad_accum * cfg.seq_len
     t_start = t_last = time.perf_counter()
@@ -223,18 +234,22 @@ def train(cfg: TrainConfig) -> dict:
     fingerprint = D.fingerprint(tokens)
 
     def checkpoint(path):
+        """Writes a checkpoint (rank 0); every rank calls it, as a sharded model's state is gathered first."""
+        weights, optim = P.checkpoint_state(model, optimizer)
+        if not main:
+            return
         state = {
             "step": step,
             "cursor": cursor,
             "best_val": best_val,
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optim,
             "scaler": scaler.state_dict(),
             "rng": S.rng_state(device),
             "data_fingerprint": fingerprint,
             "world_size": world,
             "config": cfg.to_dict(),
         }
-        S.save_checkpoint(path, model, tokenizer, state)
+        S.save_checkpoint(path, weights, tokenizer, state)
 
     model.train()
     while step < cfg.max_steps:
@@ -245,13 +260,13 @@ def train(cfg: TrainConfig) -> dict:
         for micro in range(cfg.grad_accum):
             idx, cursor = order.next(cursor)
             x, y = (t.to(device, non_blocking=True) for t in train_rows.rows(idx))
-            sync = world == 1 or micro == cfg.grad_accum - 1  # DDP all-reduces on the last micro-batch only
-            with contextlib.nullcontext() if sync else net.no_sync(), autocast:
-                loss = _loss(net, x, y)
+            sync = micro == cfg.grad_accum - 1  # gradients are averaged over the ranks on the last micro-batch only
+            with P.gradient_sync(net, sync), autocast:
+                loss = _loss(step_net, x, y)
             scaler.scale(loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
         scaler.unscale_(optimizer)
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        grad_norm = P.clip_grad_norm(model, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -277,13 +292,13 @@ def train(cfg: TrainConfig) -> dict:
             last_val = evaluate(model, val_rows, cfg, rank, world, device, autocast)
             if last_val < best_val:
                 best_val = last_val
-                if main:
-                    checkpoint(os.path.join(cfg.out_dir, "best"))
+                checkpoint(os.path.join(cfg.out_dir, "best"))
             log.row(step=step, val_loss=last_val)
             log.say(f"step {step:>6} | val loss {last_val:.4f} (best {best_val:.4f})")
-        if main and (step % cfg.ckpt_interval == 0 or step == cfg.max_steps):
+        if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
             checkpoint(S.step_dir(cfg.out_dir, step))
-            S.prune(cfg.out_dir, cfg.keep_last)
+            if main:
+                S.prune(cfg.out_dir, cfg.keep_last)
 
     if main and cfg.export_dir:
         _export(cfg, tokenizer)

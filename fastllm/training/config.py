@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 1337  # model init and data order
     threads: int = 0  # torch CPU threads; 0: torch's default
     compile: bool = False  # torch.compile the model
+    parallel: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (FSDP2 fully_shard: weights, grads, AdamW)
     # ---- evaluation, logging, checkpoints ----
     out_dir: str = "out"
     eval_interval: int = 100  # validation loss every N steps (and at the end)
@@ -69,6 +70,7 @@ class TrainConfig:
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.lr > 0 and self.warmup_steps >= 0, "lr must be > 0 and warmup_steps >= 0"),
             (self.dtype in ("float32", "bfloat16", "float16"), f"dtype {self.dtype!r}: float32, bfloat16 or float16"),
+            (self.parallel in ("ddp", "fsdp"), f"parallel {self.parallel!r}: ddp or fsdp"),
             (self.export_dtype in ("float32", "bfloat16"), f"export_dtype {self.export_dtype!r}: float32 or bfloat16"),
             (min(self.eval_interval, self.log_interval, self.ckpt_interval) >= 1, "intervals must be >= 1"),
             (self.keep_last >= 1, "keep_last must be >= 1"),

@@ -122,10 +122,10 @@ class BatchOrder:
 
 
 def eval_batches(n_rows: int, batch_size: int, rank: int, world_size: int, limit: int = 0):
-    """This rank's validation row indices, batch by batch (in order; up to `limit` global batches if limit > 0)."""
+    """This rank's validation row indices, batch by batch (in order; up to `limit` global batches if limit > 0).
+    Every rank gets the same number of batches (ranks stay in step); past the last row a batch is empty."""
     step = batch_size * world_size
     n_batches = -(-n_rows // step) if limit <= 0 else min(limit, -(-n_rows // step))
     for b in range(n_batches):
-        lo = b * step + rank * batch_size
-        if lo < n_rows:
-            yield torch.arange(lo, min(lo + batch_size, n_rows))
+        lo = min(b * step + rank * batch_size, n_rows)
+        yield torch.arange(lo, min(lo + batch_size, n_rows))
