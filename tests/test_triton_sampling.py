@@ -315,15 +315,15 @@ class CountSyncs(TorchDispatchMode):
 
 @pytest.fixture
 def count_syncs(monkeypatch):
-    """A CountSyncs mode that also sees inside the sampling ops (a mode sees a custom op as one call, so the
-    registered launchers are wrapped to run under it too)."""
+    """A CountSyncs mode that also sees inside the Triton ops (a mode sees a custom op as one call, so every
+    registered launcher is wrapped to run under it too)."""
     mode = CountSyncs()
-    for op in ("sample_philox", "sample_from_noise"):
+    for op in list(_dispatch.triton_ops()):
         launcher = _dispatch.triton_ops()[op]
 
-        def counted(*args, launcher=launcher):
+        def counted(*args, launcher=launcher, **kwargs):
             with mode:
-                return launcher(*args)
+                return launcher(*args, **kwargs)
 
         monkeypatch.setitem(_dispatch._TRITON_OPS, op, counted)
     return mode
@@ -364,6 +364,27 @@ def test_engine_sampling_step_does_not_sync(monkeypatch, count_syncs):
     with count_syncs:
         state.append(engine.sample_next(logits, state, sampling, torch.Generator().manual_seed(0)))
     assert count_syncs.count == 0
+
+
+def test_engine_decode_loop_syncs_only_every_sync_every_steps(count_syncs):
+    """The whole decode loop (sliding-window ring, MLA latent decode, GLU, sampler) on the Triton path reads the
+    device only at the sync points: no host sync per token on CUDA (here: Triton under the interpreter)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(
+        "swa-mla-262m", n_layer=3, d_model=32, n_head=4, d_ff=48, vocab_size=97, max_seq_len=64, window=6,
+        kv_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6,
+    )  # fmt: skip
+    model = Transformer(cfg).eval()
+    state = engine.DecodeState([torch.tensor([1, 2, 3, 4, 5, 6, 7])], 20, None, "cpu", None, 0)
+    cache = model.new_cache(1, 7 + 19, max_chunk=1)
+    logits = engine.prefill(model, [state.tokens[0, :7]], cache)
+    sampling = engine.SamplingParams(temperature=0.8, top_k=10, repetition_penalty=1.1)
+    with count_syncs:
+        steps = engine.decode_n_tokens(
+            model, cache, state, logits, 20, sampling, generator=torch.Generator().manual_seed(0), sync_every=8
+        )
+    assert steps == 20
+    assert count_syncs.count == 2 * 2 + 1  # steps 8 and 16: the NaN flag and the all-done check; the final flag
 
 
 def test_engine_raises_on_nan_logits_at_a_sync_point(monkeypatch):
