@@ -13,7 +13,8 @@ What is measured, always the full Python call that returns Python lists:
   * decode: the corpus's ids back to str; MB/s of UTF-8 output.
   * load: from the files each library reads (fastllm: encoder.json + vocab.bpe / .tiktoken; tiktoken: .tiktoken;
     HF and tokie: tokenizer.json; rs-bpe and bpe-openai: their bundled data). Timed in-process over rounds, and once
-    in a fresh interpreter for the first-load time and the RSS growth it causes.
+    in a fresh interpreter for the first-load time and the RSS growth it causes. fastllm's Tokenizer.from_file is
+    timed apart (test_load_tokenizer_json) on the HF-written tokenizer.json and on one written by Tokenizer.save.
   * worst case, ms per MB: text without whitespace (10 MB of the English corpus, mostly pieces of 25-100 bytes) and
     single giant pieces: 10 MB of random letters, a word repeated over 10 MB, runs of 1M 'a' / 'é' / an emoji, and
     1M random CJK characters. tiktoken takes ~10 s per call on the 10 MB pieces, so it is timed over one round.
@@ -392,6 +393,38 @@ def test_load(bench, provider, encoding):
         first_ms = round(first_s * 1e3, 1)
     record(bench, provider, ("load", encoding, "-"), None, matches, seconds=first_s, encoding=encoding,
            first_load_ms=first_ms, reload_ms=load_ms, rss_delta_mb=rss_mb)  # fmt: skip
+
+
+@lru_cache(maxsize=None)
+def fastllm_json(encoding: str) -> str:
+    """A tokenizer.json written by fastllm's Tokenizer.save (cl100k: 233k merges, one per pair of tokens)."""
+    from fastllm.tokenizer import Tokenizer
+
+    path = TMP / f"fastllm_{encoding}.json"
+    if not path.is_file():
+        require_files(ENCODER_JSON, VOCAB_BPE, CL100K_TIKTOKEN)
+        if encoding == "gpt2":
+            tok = Tokenizer.from_vocab_merges(ENCODER_JSON, VOCAB_BPE)
+        else:
+            tok = Tokenizer.from_tiktoken(CL100K_TIKTOKEN, pattern="cl100k")
+        tok.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("encoding, writer", [(e, w) for e in ("gpt2", "cl100k") for w in ("hf", "fastllm")])
+def test_load_tokenizer_json(bench, encoding, writer):
+    """fastllm's Tokenizer.from_file on a tokenizer.json written by HF tokenizers (the file the hf-tokenizers and
+    tokie rows of test_load read) or by Tokenizer.save."""
+    from fastllm.tokenizer import Tokenizer
+
+    path = hf_json(encoding) if writer == "hf" else fastllm_json(encoding)  # written once, outside the timing
+    tok = bench(Tokenizer.from_file, path, rounds=5, warmup_rounds=1)
+    sample = corpus("english")[:100_000]
+    expected = tiktoken_encoding(encoding).encode_ordinary(sample)
+    matches = check_provider("fastllm", tok.encode_ordinary(sample), expected, "from_file + encode sample")
+    load_ms = round(bench.median_s * 1e3, 1) if bench.timing else None
+    record(bench, "fastllm", ("load tokenizer.json", encoding, f"{writer}-written"), None, matches,
+           encoding=encoding, writer=writer, reload_ms=load_ms)  # fmt: skip
 
 
 @pytest.mark.parametrize("provider, encoding, case", [

@@ -121,6 +121,21 @@ std::vector<SpecialPolicy> policy_of(const py::bytes& policy) {
   return out;
 }
 
+// (kind, index, item JSON, value JSON, side) for fastllm/_tokenizer_json.py to word; None if no problem.
+py::object problem_of(const fastllm::TokenizerJson::Problem& p) {
+  using Kind = fastllm::TokenizerJson::Problem::Kind;
+  const char* kind = nullptr;
+  switch (p.kind) {
+    case Kind::kNone: return py::none();
+    case Kind::kVocabId: kind = "vocab-id"; break;
+    case Kind::kVocabIdTooLarge: kind = "vocab-id-too-large"; break;
+    case Kind::kVocabChar: kind = "vocab-char"; break;
+    case Kind::kMergeShape: kind = "merge-shape"; break;
+    case Kind::kMergeUnknown: kind = "merge-unknown"; break;
+  }
+  return py::make_tuple(kind, p.index, py::str(p.item), py::str(p.value), p.side);
+}
+
 // ==== Batches ====
 
 // Runs fn(i) for i in [0, n) on up to `threads` threads (GIL released by the caller).
@@ -196,6 +211,21 @@ PYBIND11_MODULE(_bpe, m) {
   });
 
   using Specials = std::vector<std::tuple<std::string, uint32_t, bool>>;
+  using fastllm::TokenizerJson;
+  py::class_<TokenizerJson>(m, "TokenizerJson",
+                            "A tokenizer.json read by read_tokenizer_json: model.vocab and model.merges decoded, the "
+                            "rest as JSON text. CoreBPE.from_tokenizer_json takes the decoded parts.")
+      .def_property_readonly("rest", [](const TokenizerJson& doc) { return py::str(doc.rest); })
+      .def_readonly_static("MAX_ID", &TokenizerJson::kMaxId)
+      .def_readonly("has_vocab", &TokenizerJson::has_vocab)
+      .def_readonly("has_merges", &TokenizerJson::has_merges)
+      .def_property_readonly("vocab_problem", [](const TokenizerJson& doc) { return problem_of(doc.vocab_problem); })
+      .def_property_readonly("merges_problem",
+                             [](const TokenizerJson& doc) { return problem_of(doc.merges_problem); });
+  m.def(
+      "read_tokenizer_json", [](const std::string& path) { return fastllm::load_tokenizer_json(path); },
+      py::arg("path"), py::call_guard<py::gil_scoped_release>());
+
   py::class_<CoreBPE>(m, "CoreBPE")
       .def_static(
           "from_tiktoken_file",
@@ -226,6 +256,25 @@ PYBIND11_MODULE(_bpe, m) {
             return CoreBPE::from_ranks(std::move(vocab), specials_of(specials), pattern);
           },
           py::arg("ranks"), py::arg("specials"), py::arg("pattern"))
+      .def_static(
+          "from_tokenizer_json",
+          [](TokenizerJson& doc, const Specials& specials, const std::string& pattern, bool ignore_merges) {
+            using Kind = TokenizerJson::Problem::Kind;
+            if (!doc.has_vocab || !doc.has_merges || doc.vocab_problem.kind != Kind::kNone ||
+                doc.merges_problem.kind != Kind::kNone)
+              throw py::value_error("the tokenizer.json has no usable model.vocab and model.merges");
+            // Taken out with the GIL held (another thread may hold the same document), then built without it.
+            TokenizerJson own;
+            std::swap(own.vocab, doc.vocab);
+            std::swap(own.merges, doc.merges);
+            std::swap(own.merge_bytes, doc.merge_bytes);
+            std::swap(own.merge_bytes_size, doc.merge_bytes_size);
+            doc.has_vocab = doc.has_merges = false;  // used up
+            std::vector<SpecialToken> sp = specials_of(specials);
+            py::gil_scoped_release release;
+            return CoreBPE::from_tokenizer_json(own, std::move(sp), pattern, ignore_merges);
+          },
+          py::arg("doc"), py::arg("specials"), py::arg("pattern"), py::arg("ignore_merges"))
       .def_static(
           "from_merges",
           [](const std::vector<std::pair<py::bytes, uint32_t>>& vocab, const CoreBPE::Merges& merges,

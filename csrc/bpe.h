@@ -70,6 +70,41 @@ struct MergeText {
   std::vector<Merge> merges;
 };
 
+// A Hugging Face tokenizer.json split for its loader (load_tokenizer_json): model.vocab decoded to token
+// bytes and model.merges to the bytes of their two symbols, everything else left as JSON text for the
+// caller to check.
+struct TokenizerJson {
+  // The first entry of model.vocab or model.merges that cannot be used. Not thrown: the caller reports
+  // it after checking the fields a reader looks at first (model.type, ...), worded from the entry's JSON.
+  struct Problem {
+    enum class Kind { kNone, kVocabId, kVocabIdTooLarge, kVocabChar, kMergeShape, kMergeUnknown };
+    Kind kind = Kind::kNone;
+    size_t index = 0;         // merges: the entry's position
+    std::string item, value;  // JSON text: the vocab key (or the merge) and the vocab value
+    int side = 0;             // kMergeUnknown: 0 if the left symbol is not in model.vocab, else 1
+  };
+  struct Merge {
+    uint32_t off, left_len, right_len;  // left then right at merge_bytes[off]
+    // Written [left, right] or "left right" (for messages): the top bit of right_len, clear in the other
+    // two, which the 2 GB limit on the file bounds.
+    static constexpr uint32_t kList = 1u << 31;
+  };
+  static constexpr uint32_t kMaxId = (1u << 24) - 1;  // larger ids would size the id tables at gigabytes
+
+  Vocab vocab;
+  // The merges' symbols decoded to bytes, back to back. A buffer the size of the file left uninitialized
+  // (pages never written cost nothing): copying them out would touch as many fresh pages again, and
+  // a fresh page costs ~2 us here.
+  std::unique_ptr<char[]> merge_bytes;
+  size_t merge_bytes_size = 0;
+  std::vector<Merge> merges;  // by priority
+  // The document with model.vocab replaced by {} and model.merges by [] where they were an object and
+  // a list; absent or of another type, they are left in place for the caller's messages.
+  std::string rest;
+  bool has_vocab = false, has_merges = false;  // cut out of `rest`
+  Problem vocab_problem, merges_problem;
+};
+
 class CoreBPE {
  public:
   using Vocab = fastllm::Vocab;
@@ -87,6 +122,10 @@ class CoreBPE {
   static std::unique_ptr<CoreBPE> from_merge_text(Vocab vocab, const MergeText& merges,
                                                   std::vector<SpecialToken> specials, std::string_view pattern,
                                                   const std::string& vocab_path);
+  // The same from a tokenizer.json without problems (vocab_io.cpp), its vocabulary and merges moved
+  // out; a symbol that is not an ordinary token is a BpeError "model.merges[N] = ...".
+  static std::unique_ptr<CoreBPE> from_tokenizer_json(TokenizerJson& doc, std::vector<SpecialToken> specials,
+                                                      std::string_view pattern, bool ignore_merges);
 
   void encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const;
   // Splits out specials per `policy` (one entry per specials() element; missing entries mean
@@ -181,5 +220,10 @@ Vocab load_tiktoken_ranks(const std::string& path);
 // GPT-2 encoder.json (byte-level string -> id) and vocab.bpe (one "left right" merge per line), for
 // CoreBPE::from_merge_text (which resolves the merges' symbols).
 std::pair<Vocab, MergeText> load_gpt2_files(const std::string& encoder_json, const std::string& vocab_bpe);
+// A Hugging Face tokenizer.json, for CoreBPE::from_tokenizer_json. Strict JSON (UTF-8, no NaN, nesting at
+// most 128 deep); a top-level "model" key, or a "vocab" or "merges" key in it, that appears twice is an
+// error; files of 2 GB or more are refused. Errors are BpeError "<path>: ...". The file is mapped, not
+// copied, while it is read.
+TokenizerJson load_tokenizer_json(const std::string& path);
 
 }  // namespace fastllm

@@ -11,6 +11,12 @@ import json
 
 from fastllm import _bpe
 
+_MAX_ID = _bpe.TokenizerJson.MAX_ID  # larger ids would size the tokenizer's id tables at gigabytes
+
+
+def _is_id(i) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= _MAX_ID
+
 
 def _alphabet() -> tuple[dict[int, str], dict[str, int]]:
     to_char = {b: _bpe.byte_to_unicode(b) for b in range(256)}
@@ -24,17 +30,17 @@ class _Reader:
     def fail(self, what: str):
         raise ValueError(f"{self.path}: {what}")
 
-    def load(self) -> dict:
+    def load(self) -> tuple[_bpe.TokenizerJson, dict]:
+        """The C++ reader decodes model.vocab and model.merges (the bulk of the file); the rest comes back
+        as JSON text with those two values replaced by {} and [], to be checked here."""
+        doc = _bpe.read_tokenizer_json(self.path)  # ValueError naming the file, line and problem
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-        except OSError as e:
-            self.fail(f"cannot read the file ({e.strerror})")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = json.loads(doc.rest)
+        except (ValueError, RecursionError) as e:  # not expected: the C++ reader is the stricter
             self.fail(f"not valid JSON ({e})")
         if not isinstance(data, dict):
             self.fail("the top level is not a JSON object")
-        return data
+        return doc, data
 
     def pattern(self, pre) -> str:
         """The pre-tokenization regex ('gpt2' for ByteLevel's own)."""
@@ -67,7 +73,8 @@ class _Reader:
             self.fail(f"pre_tokenizer Split pattern {pat!r} is not supported (expected {{'Regex': ...}})")
         return pat["Regex"]
 
-    def model(self, model, from_char) -> tuple[list, list, bool]:
+    def model(self, model, doc: _bpe.TokenizerJson) -> bool:
+        """Checks model's fields in the order a reader meets them; returns ignore_merges."""
         if not isinstance(model, dict):
             self.fail("'model' is missing or not an object")
         if model.get("type", "BPE") != "BPE":
@@ -77,36 +84,31 @@ class _Reader:
                 self.fail(f"model.{key}={model[key]!r} is not supported by a byte-level BPE")
         if model.get("byte_fallback"):
             self.fail("model.byte_fallback=true is not supported (it is not a byte-level BPE)")
-        vocab_json, merges_json = model.get("vocab"), model.get("merges")
-        if not isinstance(vocab_json, dict):
+        # Decoded in C++, so here as {} and [] (or left in place when of another type).
+        if not isinstance(model.get("vocab"), dict):
             self.fail("model.vocab is missing or not an object of token -> id")
-        if not isinstance(merges_json, list):
+        if not isinstance(model.get("merges"), list):
             self.fail("model.merges is missing or not a list")
-        vocab, ids = [], {}
-        for tok, i in vocab_json.items():
-            if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-                self.fail(f"model.vocab[{tok!r}] = {i!r} is not a non-negative integer id")
-            try:
-                raw = bytes(from_char[c] for c in tok)
-            except KeyError:
-                self.fail(f"model.vocab token {tok!r} has a character outside the byte-level alphabet")
-            vocab.append((raw, i))
-            ids[tok] = i
-        merges = []
-        for n, m in enumerate(merges_json):
-            if isinstance(m, str):
-                parts = m.split(" ")
-            elif isinstance(m, list):
-                parts = m
-            else:
-                parts = None
-            if parts is None or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
-                self.fail(f"model.merges[{n}] = {m!r} is not 'left right' or [left, right]")
-            a, b = ids.get(parts[0]), ids.get(parts[1])
-            if a is None or b is None:
-                self.fail(f"model.merges[{n}] = {m!r}: {parts[0] if a is None else parts[1]!r} is not in model.vocab")
-            merges.append((a, b))
-        return vocab, merges, bool(model.get("ignore_merges", False))
+        self.entry_problem(doc.vocab_problem)
+        self.entry_problem(doc.merges_problem)
+        return bool(model.get("ignore_merges", False))
+
+    def entry_problem(self, problem):
+        """Raises for the first unusable entry of model.vocab or model.merges, found by the C++ reader."""
+        if problem is None:
+            return
+        kind, n, item, value, side = problem
+        item = json.loads(item)  # the vocab key or the merge, as JSON text
+        if kind == "vocab-id":
+            self.fail(f"model.vocab[{item!r}] = {json.loads(value)!r} is not a non-negative integer id")
+        if kind == "vocab-id-too-large":
+            self.fail(f"model.vocab[{item!r}] = {value} is too large (ids must be at most {_MAX_ID})")
+        if kind == "vocab-char":
+            self.fail(f"model.vocab token {item!r} has a character outside the byte-level alphabet")
+        if kind == "merge-shape":
+            self.fail(f"model.merges[{n}] = {item!r} is not 'left right' or [left, right]")
+        parts = item.split(" ") if isinstance(item, str) else item
+        self.fail(f"model.merges[{n}] = {item!r}: {parts[side]!r} is not in model.vocab")
 
     def added_tokens(self, added) -> list[tuple[str, int, bool]]:
         if added is None:
@@ -115,8 +117,8 @@ class _Reader:
             self.fail("added_tokens is not a list")
         out = []
         for t in added:
-            if not isinstance(t, dict) or not isinstance(t.get("content"), str) or not isinstance(t.get("id"), int):
-                self.fail(f"added_tokens entry {t!r} needs a str 'content' and an int 'id'")
+            if not isinstance(t, dict) or not isinstance(t.get("content"), str) or not _is_id(t.get("id")):
+                self.fail(f"added_tokens entry {t!r} needs a str 'content' and an int 'id' (0 to {_MAX_ID})")
             for flag in ("lstrip", "rstrip", "single_word"):
                 if t.get(flag):
                     self.fail(f"added token {t['content']!r} has {flag}=true, which is not supported")
@@ -125,16 +127,17 @@ class _Reader:
 
 
 def read_tokenizer_json(path: str):
-    """Returns (vocab [(bytes, id)], merges [(id, id)], specials [(text, id, special)], pattern, ignore_merges)."""
+    """Returns (doc, specials [(text, id, special)], pattern, ignore_merges) where doc holds the decoded
+    vocabulary and merges for `_bpe.CoreBPE.from_tokenizer_json`."""
     r = _Reader(path)
-    data = r.load()
+    doc, data = r.load()
     if data.get("normalizer") is not None:
         r.fail(f"normalizer {data['normalizer'].get('type', data['normalizer'])!r} is not supported")
     pattern = r.pattern(data.get("pre_tokenizer"))
-    vocab, merges, ignore_merges = r.model(data.get("model"), _alphabet()[1])
+    ignore_merges = r.model(data.get("model"), doc)
     specials = r.added_tokens(data.get("added_tokens"))
     # An added token that is also an ordinary entry of the model under the same id stays special only.
-    return vocab, merges, specials, pattern, ignore_merges
+    return doc, specials, pattern, ignore_merges
 
 
 def write_tokenizer_json(

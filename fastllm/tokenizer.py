@@ -185,9 +185,9 @@ class Tokenizer:
         from fastllm._tokenizer_json import read_tokenizer_json
 
         path = os.fspath(path)
-        vocab, merges, specials, pattern, ignore_merges = read_tokenizer_json(path)
+        doc, specials, pattern, ignore_merges = read_tokenizer_json(path)
         pattern = _canonical_pattern(pattern)
-        core = _wrap_errors(path, _bpe.CoreBPE.from_merges, vocab, merges, specials, pattern, ignore_merges)
+        core = _wrap_errors(path, _bpe.CoreBPE.from_tokenizer_json, doc, specials, pattern, ignore_merges)
         return cls(core, name=os.path.basename(path))
 
     @classmethod

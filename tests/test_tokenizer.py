@@ -651,6 +651,196 @@ def test_missing_file_raises():
     assert "none.tiktoken" in str(err.value)
 
 
+# ---- tokenizer.json: the C++ reader of model.vocab and model.merges ---------------------------------------------
+#
+# The reader validates the whole file as strict JSON and decodes model.vocab and model.merges itself; Python checks
+# the rest. Its rules beyond json.load's: a top-level "model" key, or a "vocab" or "merges" key inside it, that
+# appears twice is an error (json.load would keep the last; HF refuses a repeated "model"); NaN/Infinity are not
+# JSON; nesting deeper than 128 levels is refused; a token listed twice in model.vocab is an error.
+
+
+def _gpt2_json_with(old: str, new: str) -> str:
+    text = _hf_gpt2_json()
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+def _gpt2_json_model_twice() -> str:
+    text = _hf_gpt2_json()
+    model = text[text.index('"model":') :].removesuffix("}")
+    return text.removesuffix("}") + "," + model + "}"
+
+
+# name -> (file content, as str or bytes; a fragment the message must contain)
+BAD_TOKENIZER_JSON = {
+    "truncated-in-vocab": (lambda: _hf_gpt2_json()[:200_000], "not valid JSON"),
+    "truncated-in-merges": (lambda: _hf_gpt2_json()[:-3000], "not valid JSON"),
+    "truncated-in-string": (lambda: _hf_gpt2_json()[: _hf_gpt2_json().index('"Ġthe"') + 3], "not valid JSON"),
+    "empty": (lambda: "", "not valid JSON"),
+    "bad-escape-in-vocab": (lambda: _gpt2_json_with('"Ġthe":', '"Ġth\\q":'), "not valid JSON"),
+    "bad-escape-in-merges": (lambda: _gpt2_json_with('["Ġ","t"]', '["Ġ","\\x74"]'), "not valid JSON"),
+    "bad-u-escape": (lambda: _gpt2_json_with('"Ġthe":', '"\\u01G0the":'), "not valid JSON"),
+    "bad-escape-elsewhere": (lambda: _gpt2_json_with('"<|endoftext|>"', '"<|end\\qtext|>"'), "not valid JSON"),
+    "raw-newline-in-string": (lambda: _gpt2_json_with('"Ġthe":', '"Ġ\nthe":'), "not valid JSON"),
+    "invalid-utf8-in-vocab": (
+        lambda: _gpt2_json_with('"Ġthe":', '"Ġ\udcffthe":').encode("utf-8", "surrogateescape"),
+        "invalid UTF-8",
+    ),
+    "overlong-utf8-in-merges": (
+        lambda: _gpt2_json_with('["Ġ","t"]', '["Ġ","\udcc1\udcb4"]').encode("utf-8", "surrogateescape"),
+        "invalid UTF-8",
+    ),
+    "invalid-utf8-elsewhere": (
+        lambda: _gpt2_json_with('"<|endoftext|>"', '"<|end\udcffoftext|>"').encode("utf-8", "surrogateescape"),
+        "invalid UTF-8",
+    ),
+    "encoded-surrogate": (
+        lambda: _gpt2_json_with('"Ġthe":', '"\ud800the":').encode("utf-8", "surrogatepass"),
+        "invalid UTF-8",
+    ),
+    "nan": (lambda: _gpt2_json_with('"truncation":null', '"truncation":NaN'), "not valid JSON"),
+    "leading-zero": (lambda: _gpt2_json_with('"Ġthe":262', '"Ġthe":0262'), "not valid JSON"),
+    "trailing-comma": (lambda: _gpt2_json_with('"Ġthe":262,', '"Ġthe":262,,'), "not valid JSON"),
+    "extra-data": (lambda: _hf_gpt2_json() + " {}", "not valid JSON"),
+    "too-deep": (lambda: _gpt2_json_with('"padding":null', '"padding":' + "[" * 500 + "]" * 500), "nested deeper"),
+    "vocab-str-id": (
+        lambda: _gpt2_json_with('"Ġthe":262', '"Ġthe":"262"'),
+        "model.vocab['Ġthe'] = '262' is not a non-negative integer id",
+    ),
+    "vocab-float-id": (
+        lambda: _gpt2_json_with('"Ġthe":262', '"Ġthe":262.0'),
+        "model.vocab['Ġthe'] = 262.0 is not a non-negative integer id",
+    ),
+    "vocab-negative-id": (lambda: _gpt2_json_with('"Ġthe":262', '"Ġthe":-262'), "= -262 is not a non-negative"),
+    "vocab-null-id": (lambda: _gpt2_json_with('"Ġthe":262', '"Ġthe":null'), "= None is not a non-negative"),
+    "vocab-huge-id": (lambda: _gpt2_json_with('"Ġthe":262', '"Ġthe":1099511627776'), "is too large"),
+    "vocab-char": (lambda: _gpt2_json_with('"Ġthe":', '"Ġ中":'), "has a character outside the byte-level alphabet"),
+    "vocab-space": (lambda: _gpt2_json_with('"Ġthe":', '" the":'), "has a character outside the byte-level alphabet"),
+    "vocab-token-twice": (lambda: _gpt2_json_with('"Ġthe":262', '"Ġthe":262,"\\u0120the":9999999'), "appears twice"),
+    "merge-unknown-list": (
+        lambda: _gpt2_json_with('["Ġ","t"]', '["Ġ","zzqxw"]'),
+        "model.merges[0] = ['Ġ', 'zzqxw']: 'zzqxw' is not in model.vocab",
+    ),
+    "merge-unknown-str": (
+        lambda: _gpt2_json_with('["Ġ","t"]', '"Ġzzqxw t"'),
+        "model.merges[0] = 'Ġzzqxw t': 'Ġzzqxw' is not in model.vocab",
+    ),
+    "merge-outside-alphabet": (
+        lambda: _gpt2_json_with('["h","e"]', '["h","中"]'),
+        "model.merges[2] = ['h', '中']: '中' is not in model.vocab",
+    ),
+    "merge-makes-unknown": (lambda: _gpt2_json_with('["Ġ","t"]', '["Ġ","Ġ"]'), "makes a token that is not in"),
+    "merge-three-strs": (lambda: _gpt2_json_with('["Ġ","t"]', '["Ġ","t","a"]'), "is not 'left right' or [left, right]"),
+    "merge-three-symbols": (lambda: _gpt2_json_with('["Ġ","t"]', '"Ġ t a"'), "is not 'left right' or [left, right]"),
+    "merge-number-in-list": (lambda: _gpt2_json_with('["Ġ","t"]', '["Ġ",5]'), "is not 'left right' or [left, right]"),
+    "merge-object": (lambda: _gpt2_json_with('["Ġ","t"]', '{"Ġ":"t"}'), "is not 'left right' or [left, right]"),
+    "merge-special": (lambda: _gpt2_json_with('["Ġ","t"]', '["Ġ","<|endoftext|>"]'), "is an added token"),
+    "model-twice": (_gpt2_json_model_twice, '"model" appears twice'),
+    "vocab-twice": (lambda: _gpt2_json_with('"merges":[', '"vocab":{},"merges":['), '"vocab" appears twice'),
+    "merges-twice": (lambda: _gpt2_json_with('"vocab":{', '"merges":[],"vocab":{'), '"merges" appears twice'),
+    "escaped-model-twice": (
+        lambda: _gpt2_json_model_twice().replace('"model":', '"mod\\u0065l":', 1),
+        '"model" appears twice',
+    ),
+    "unigram-vocab-list": (_model_with(type="Unigram", vocab=[["a", -1.0]]), "model type 'Unigram' is not supported"),
+    "merges-missing": (lambda: _hf_json(lambda doc: doc["model"].pop("merges")), "model.merges is missing"),
+    "top-level-list": (lambda: "[1, 2]", "the top level is not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENIZER_JSON))
+def test_malformed_tokenizer_json(case, tmp_path):
+    """Each broken tokenizer.json raises ValueError naming the file and the problem (and never crashes)."""
+    require(ENCODER_JSON, VOCAB_BPE)
+    content, fragment = BAD_TOKENIZER_JSON[case]
+    path = tmp_path / "broken_tokenizer.json"
+    data = content()
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    with pytest.raises(ValueError) as err:
+        Tokenizer.from_file(path)
+    assert str(path) in str(err.value), f"message does not name the file: {err.value}"
+    assert fragment in str(err.value), err.value
+    if ("not valid JSON" in fragment or "UTF-8" in fragment) and case not in ("nan", "too-deep"):  # so does json.load
+        with pytest.raises(ValueError):
+            json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+
+
+def _respelled(change) -> str:
+    """HF's GPT-2 tokenizer.json, parsed, changed, and written again in another spelling."""
+    doc = json.loads(_hf_gpt2_json())
+    return change(doc)
+
+
+RESPELLED = {
+    # Every non-ASCII character as a \u escape, with indentation.
+    "ascii-escaped-indented": lambda doc: json.dumps(doc, ensure_ascii=True, indent=2),
+    # Merges as "left right" strings (older files) rather than [left, right].
+    "merges-as-strings": lambda doc: json.dumps(
+        {**doc, "model": {**doc["model"], "merges": [" ".join(m) for m in doc["model"]["merges"]]}},
+        ensure_ascii=False,
+    ),
+    # Merges before the vocabulary, and the keys spelled with escapes.
+    "merges-first-escaped-keys": lambda doc: (
+        json.dumps(
+            {
+                **{k: v for k, v in doc.items() if k != "model"},
+                "model": {"merges": doc["model"]["merges"], **{k: v for k, v in doc["model"].items() if k != "merges"}},
+            }
+        )
+        .replace('"model":', '"m\\u006fdel":')
+        .replace('"merges":', '"merg\\u0065s":')
+        .replace('"vocab":', '"v\\u006fcab":')
+    ),
+    # Decoys: "model", "vocab" and "merges" keys nested elsewhere are not the model's.
+    "nested-decoys": lambda doc: json.dumps(
+        {
+            "decoder": {**doc["decoder"], "model": {"vocab": {"x": "y"}, "merges": 5}},
+            **{k: v for k, v in doc.items() if k != "decoder"},
+            "extra": [{"model": {"vocab": []}}, {"vocab": 1, "merges": {}}],
+        }
+    ),
+    # Escapes that decode to the byte-level characters themselves ("\u0120" is "Ġ"), and "\/" for "/".
+    "escaped-symbols": lambda doc: (
+        json.dumps(doc, ensure_ascii=False)
+        .replace('"Ġt"', '"\\u0120t"')
+        .replace('["Ġ","t"]', '["\\u0120", "t"]')
+        .replace('"/":', '"\\/":')
+    ),
+}
+
+
+@pytest.mark.parametrize("spelling", list(RESPELLED))
+def test_tokenizer_json_spellings_match_hf(spelling, tmp_path):
+    """HF's GPT-2 tokenizer.json written other ways loads to the ids of that HF tokenizer. (HF itself cannot read
+    "nested-decoys": its decoder refuses the unknown field.)"""
+    require(ENCODER_JSON, VOCAB_BPE, *CORPUS_FILES)
+    path = tmp_path / f"{spelling}.json"
+    path.write_text(_respelled(RESPELLED[spelling]), encoding="utf-8")
+    hf = hf_gpt2()
+    tok = Tokenizer.from_file(path)
+    assert tok.vocab_size == 50257 and tok.special_tokens == {EOT: 50256}
+    for text in [corpus_slice(p) for p in CORPUS_FILES] + [f"a {EOT} b", "it's 12345 /\\ \u0120"]:
+        assert_ids(tok.encode(text, allowed_special="all"), hf_ids(hf, text), spelling, tok.decode)
+
+
+def test_tokenizer_json_document_is_used_once(tmp_path):
+    """The decoded vocabulary moves into the core: a second core from the same document is an error, not a crash."""
+    from fastllm import _bpe
+
+    require(ENCODER_JSON, VOCAB_BPE)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(_hf_gpt2_json(), encoding="utf-8")
+    doc = _bpe.read_tokenizer_json(str(path))
+    assert doc.vocab_problem is None and doc.merges_problem is None and json.loads(doc.rest)["model"]["vocab"] == {}
+    _bpe.CoreBPE.from_tokenizer_json(doc, [(EOT, 50256, True)], "gpt2", False)
+    with pytest.raises(ValueError):
+        _bpe.CoreBPE.from_tokenizer_json(doc, [(EOT, 50256, True)], "gpt2", False)
+    with pytest.raises(ValueError, match="cannot open"):
+        _bpe.read_tokenizer_json(str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError):
+        _bpe.read_tokenizer_json(str(tmp_path))  # a directory
+
+
 @pytest.mark.parametrize("name", MAIN)
 def test_decode_rejects_bad_ids(name):
     tok = native(name)
