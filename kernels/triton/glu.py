@@ -41,18 +41,13 @@ _TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf1
 
 
 @triton.jit
-def _tanh(u):
-    return 1.0 - 2.0 / (tl.exp(2.0 * u) + 1.0)  # saturates to +-1 (exp overflow gives 1 - 0), never inf / inf
-
-
-@triton.jit
 def _activation(x, ACTIVATION: tl.constexpr):
     if ACTIVATION == "silu":
         y = x * tl.sigmoid(x)
     elif ACTIVATION == "gelu":
         y = 0.5 * x * (1.0 + tl.math.erf(x * _RSQRT_2))
-    else:  # gelu_tanh
-        y = 0.5 * x * (1.0 + _tanh((x + x * x * x * _GELU_TANH_C) * _SQRT_2_OVER_PI))
+    else:  # gelu_tanh: 0.5 (1 + tanh(u)) = sigmoid(2u), without 1 + tanh's cancellation for u < 0
+        y = x * tl.sigmoid((x + x * x * x * _GELU_TANH_C) * _SQRT_2_OVER_PI * 2.0)
     return y
 
 
@@ -67,11 +62,13 @@ def _activation_and_grad(x, ACTIVATION: tl.constexpr):
         cdf = 0.5 * (1.0 + tl.math.erf(x * _RSQRT_2))
         y = x * cdf
         dy = cdf + x * tl.exp(-0.5 * x * x) * _RSQRT_2PI
-    else:  # gelu_tanh
-        t = _tanh((x + x * x * x * _GELU_TANH_C) * _SQRT_2_OVER_PI)
-        y = 0.5 * x * (1.0 + t)
+    else:  # gelu_tanh, with s = sigmoid(2u) = 0.5 (1 + tanh(u)): 1 - tanh(u)^2 = 4 s (1 - s)
+        z = (x + x * x * x * _GELU_TANH_C) * _SQRT_2_OVER_PI * 2.0
+        s = tl.sigmoid(z)
+        s_neg = tl.sigmoid(-z)  # 1 - s to full relative precision where s rounds to 1 (large x, large du)
+        y = x * s
         du = (1.0 + x * x * _GELU_TANH_C * 3.0) * _SQRT_2_OVER_PI  # d/dx of the tanh argument
-        dy = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+        dy = s + x * s * s_neg * du * 2.0
     return y, dy
 
 
