@@ -13,6 +13,10 @@ peer) and the git commit. The rows also print as one table at the end of the ses
 Without a CUDA device, Triton kernels can only run under Triton's interpreter: TRITON_INTERPRET=1 is set here, before
 anything imports triton, so that benches may time interpreted kernels (as a proxy of their work), and
 FASTLLM_KERNELS defaults to "reference" so that models and the public ops keep the CPU path users get.
+
+`python -m pytest` from the checkout's root puts the root on sys.path, where the top-level `kernels/` folder
+(installed as `fastllm.kernels`) would shadow Hugging Face's `kernels` package that transformers imports: the root
+comes off sys.path here, as in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +38,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("FASTLLM_KERNELS", "reference")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != REPO]
 SHARED = Path(os.environ.get("FASTLLM_SHARED", REPO.parent / "shared"))
 CORPORA = SHARED / "corpora"
 

@@ -102,8 +102,16 @@ def _field(key: str, value) -> str:
     return str(value) if key in ("shape", "case") else f"{key}={value}"  # a shape string names its own fields
 
 
+_METRIC_PARTS = ("_per_", "speedup", "fraction", "ratio", "match", "gflop", "tflop", "bound")
+
+
 def _is_metric(key: str) -> bool:
-    return key in METRICS or key.startswith("speedup") or key.endswith(("_per_s", "_ms", "_mb", "_p20_p80", "ratio"))
+    """A measured quantity (a column of the table) rather than part of what was measured (the case)."""
+    return (
+        key in METRICS
+        or any(part in key for part in _METRIC_PARTS)
+        or key.endswith(("_s", "_ms", "_us", "_mb", "_p20_p80"))
+    )
 
 
 def _fmt_time(s: float) -> str:

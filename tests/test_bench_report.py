@@ -83,3 +83,13 @@ def test_report_adds_the_aot_kernel_resources(run_json, tmp_path):
         "| `swa_fwd[bf16,D=64]` | sm_90a | 128 | 65536 | 0 | 0 | 2 | 25% |",
     ]
     assert "(kernels.md)" in (out / "index.md").read_text()
+
+
+@pytest.mark.parametrize("key", ["bw_fraction", "us_per_call", "greedy_match", "bound_ms", "bandwidth_gb_s", "tflops"])
+def test_metric_keys_are_columns(key):
+    assert bench_report._is_metric(key)
+
+
+@pytest.mark.parametrize("key", ["shape", "dtype", "threads", "num_splits", "model", "T"])
+def test_case_keys_are_not_metrics(key):
+    assert not bench_report._is_metric(key)
