@@ -137,6 +137,41 @@ def decode_one_token(model, cur: torch.Tensor, cache) -> torch.Tensor:
     return model(cur[:, None], cache)[:, -1]  # (B, V)
 
 
+def compiled_decode_step(model, compile: bool | str = True) -> Callable:
+    """`decode_one_token` under torch.compile(fullgraph=True), kept on the model for later calls.
+
+    compile=True: on CUDA, inductor with CUDA graphs ("reduce-overhead"). On the CPU, inductor with max-autotune and
+    freezing: the weights become constants, packed for inductor's C++ micro-GEMMs, which stream them at close to the
+    memory bandwidth at small batch (MKL's GEMV reaches about half of it); compiling takes ~20-60 s the first time
+    (inductor caches it on disk). Frozen weights are baked in: when a parameter changes (in place or replaced), the
+    next call compiles again, after `torch._dynamo.reset()` (which drops every compiled graph in the process).
+    A string names another torch.compile backend ("aot_eager", ...), used with its defaults.
+    """
+    device = model.tok_emb.weight.device
+    frozen = compile is True and device.type == "cpu"
+    weights = tuple((id(p), p._version) for p in model.parameters()) if frozen else None
+    key = (compile, device.type, next(model.parameters()).dtype)
+    cached = model.__dict__.get("_fastllm_decode_step")
+    if cached is not None and cached[0] == key and cached[1] == weights:
+        return cached[2]
+    if not frozen:
+        backend = compile if isinstance(compile, str) else "inductor"
+        mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
+        step = torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
+    else:
+        if cached is not None and cached[1] is not None:
+            torch._dynamo.reset()  # the graphs compiled before hold the old weights as constants
+        compiled = torch.compile(model, fullgraph=True, mode="max-autotune")
+
+        def step(model_, cur: torch.Tensor, cache) -> torch.Tensor:
+            # read when (re)compiling; autotune_num_choices_displayed=0 keeps the autotuner's report off stderr
+            with torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0):
+                return compiled(cur[:, None], cache)[:, -1]  # (B, V)
+
+    model.__dict__["_fastllm_decode_step"] = (key, weights, step)
+    return step
+
+
 def sample_next(logits: torch.Tensor, state: DecodeState, sampling: SamplingParams, generator) -> torch.Tensor:
     """Next ids (B,) from logits (B, V) through fastllm.kernels.sample, the penalty over the row histories."""
     penalised = sampling.repetition_penalty != 1.0
@@ -251,8 +286,8 @@ def generate(
         on_step: `on_step(step, ids) -> rows to stop`, called with each step's ids as a host list; a row it stops
             ends with that step's token. Costs one device-to-host read per token.
         max_length, keep: the context policy (module docstring): context cap and tokens kept on a slide.
-        compile: True (or a torch.compile backend name) compiles the decode step, fullgraph, "reduce-overhead" on
-            CUDA (CUDA graphs); prefill and slides stay eager.
+        compile: True (or a torch.compile backend name) compiles the decode step, fullgraph: CUDA graphs on CUDA,
+            max-autotune with frozen weights on the CPU (`compiled_decode_step`); prefill and slides stay eager.
         sync_every: steps between all-done checks when on_step is None (default 16 on CUDA, 1 elsewhere).
 
     Returns (new ids per row, GenerationStats).
@@ -274,12 +309,10 @@ def generate(
     state = DecodeState(rows, max_new_tokens, ctx, device, eos, pad)
     ctx_rows = [r[s:] for r, s in zip(rows, state.start)]  # (T_b,) each: the prompt cut to the context
     longest = max(r.numel() for r in ctx_rows) + max_new_tokens - 1  # most tokens a row's cache ever holds
+    if compile:  # cache lengths in steps of 256: calls of similar lengths reuse the compiled step's shapes
+        longest = -(-longest // 256) * 256
     cache = model.new_cache(len(rows), longest if ctx is None else min(ctx, longest), max_chunk=1)
-    step_fn = decode_one_token
-    if compile:
-        backend = compile if isinstance(compile, str) else "inductor"
-        mode = "reduce-overhead" if device.type == "cuda" and backend == "inductor" else None
-        step_fn = torch.compile(decode_one_token, backend=backend, mode=mode, fullgraph=True)
+    step_fn = compiled_decode_step(model, compile) if compile else decode_one_token
     stats = GenerationStats(prompt_tokens=sum(r.numel() for r in ctx_rows))
 
     _sync(device)

@@ -130,6 +130,20 @@ def test_compiled_decode_step_matches_eager():
     assert compiled == eager and stats.slides > 0
 
 
+def test_frozen_cpu_compile_matches_eager_and_sees_weight_changes():
+    # compile=True on the CPU: inductor max-autotune with the weights frozen into the compiled step (C++ GEMMs)
+    model = tiny_model("llm-scratch-v2")
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 7)]
+    eager, _ = engine.generate(model, prompts, 12, sampling=GREEDY)
+    compiled, _ = engine.generate(model, prompts, 12, sampling=GREEDY, compile=True)
+    assert compiled == eager
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)  # frozen constants would keep the old head: the step must recompile
+    eager, _ = engine.generate(model, prompts, 12, sampling=GREEDY)
+    compiled, _ = engine.generate(model, prompts, 12, sampling=GREEDY, compile=True)
+    assert compiled == eager
+
+
 def test_context_length_rules():
     gpt2 = ModelConfig.from_name("gpt2", **TINY)
     assert context_length(gpt2) == 64 and context_length(gpt2, 1000) == 64 and context_length(gpt2, 20) == 20

@@ -443,3 +443,22 @@ def test_torch_compile_fullgraph(backend):
         torch.manual_seed(5)  # the eager backend runs the same aten RNG calls, so even the draws agree
         for a, b in zip(got, step(*args)):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("Hkv", [1, 2, 6])
+@pytest.mark.parametrize("lengths", [[13], [13, 13], [1, 9, 13]])
+@pytest.mark.parametrize("window", [None, 13, 40])
+def test_decode_fast_path_matches_general(Hkv, lengths, window):
+    """swa_decode's SDPA path (one query, unwrapped cache, every key inside the window) against the general masked
+    path, which zero ALiBi slopes force without changing the scores."""
+    torch.manual_seed(0)
+    B, C, H, D = len(lengths), 16, 6, 8
+    q = torch.randn(B, 1, H, D, dtype=torch.float64)
+    k = torch.randn(B, Hkv, C, D, dtype=torch.float64).transpose(1, 2)  # the models' head-major cache layout
+    v = torch.randn(B, Hkv, C, D, dtype=torch.float64).transpose(1, 2)
+    L = torch.tensor(lengths, dtype=torch.int32)
+    for b, n in enumerate(lengths):
+        k[b, n:], v[b, n:] = float("nan"), float("nan")  # never-written slots must not leak
+    fast = ref.swa_decode(q, k, v, L, window)
+    general = ref.swa_decode(q, k, v, L, window, alibi_slopes=torch.zeros(H, dtype=torch.float64))
+    torch.testing.assert_close(fast, general, atol=1e-12, rtol=0)

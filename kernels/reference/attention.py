@@ -14,6 +14,7 @@ extra memory per head, never a T x S mask. `window=None` is full causal and stil
 import math
 
 import torch
+import torch.nn.functional as F
 
 _NEG_INF = float("-inf")
 
@@ -261,7 +262,7 @@ def swa_decode(
     G = H // Hkv
     L = cache_seqlens.to(device=q.device, dtype=torch.int64)  # (B,)
     max_len = int(L.max()) if B else 0
-    if int(L.min() if B else 0) < 0:
+    if B and int(L.min()) < 0:
         raise ValueError(f"swa_decode: cache_seqlens must be >= 0, got {cache_seqlens.tolist()}")
     if max_len > C and (window is None or C < window + sink_tokens + Tq - 1):
         need = "every token cached" if window is None else "C >= window + sink_tokens + Tq - 1"
@@ -271,6 +272,21 @@ def swa_decode(
         )
     dt = _compute_dtype(q)
     scale = 1.0 / math.sqrt(D) if softmax_scale is None else softmax_scale
+    min_len = int(L.min()) if B else 0
+    if Tq == 1 and alibi_slopes is None and rel_bias is None and 1 <= min_len and max_len <= min(C, window or C):
+        # The common decode step: the cache has not wrapped and every cached key is inside the query's window, so
+        # row b attends to slots [0, L_b) in position order. One SDPA call (per-head contiguous K/V views), with a
+        # key-length mask only when the rows differ (tests/test_reference.py: test_decode_fast_path_matches_general).
+        kh = k_cache[:, :max_len].transpose(1, 2)  # (B, Hkv, max_len, D)
+        vh = v_cache[:, :max_len].transpose(1, 2)  # (B, Hkv, max_len, Dv)
+        mask = None
+        if min_len < max_len:  # shorter rows: mask their unwritten slots, and zero them (they may hold NaN)
+            mask = (torch.arange(max_len, device=q.device) < L[:, None])[:, None, None, :]  # (B, 1, 1, max_len)
+            kh, vh = (torch.where(mask.transpose(-1, -2), x, 0.0) for x in (kh, vh))
+        o = F.scaled_dot_product_attention(
+            q.to(dt).transpose(1, 2), kh.to(dt), vh.to(dt), attn_mask=mask, scale=scale, enable_gqa=G > 1
+        )  # (B, H, 1, Dv)
+        return o.transpose(1, 2).to(q.dtype)  # (B, 1, H, Dv)
     # Slots at or past the longest row's length were never written in any row: leave them out (cheap views).
     C_used = max(1, min(C, max_len))
     kpos = ring_slot_positions(L, C, sink_tokens)[:, :C_used]  # (B, C_used), -1 = empty slot
@@ -282,7 +298,7 @@ def swa_decode(
     qh = q.to(dt).view(B, Tq, Hkv, G, D).transpose(1, 2).reshape(B, Hkv, Tq * G, D)  # (B, Hkv, Tq*G, D)
     kh = k_cache[:, :C_used].to(dt).transpose(1, 2)  # (B, Hkv, C_used, D)
     vh = v_cache[:, :C_used].to(dt).transpose(1, 2)  # (B, Hkv, C_used, Dv)
-    if int(L.min() if B else 0) < C_used:  # a shorter row has unwritten slots, which may hold NaN: zero them so
+    if min_len < C_used:  # a shorter row has unwritten slots, which may hold NaN: zero them so
         vh = torch.where((kpos >= 0)[:, None, :, None], vh, 0.0)  # that 0 * NaN cannot leak through p @ v
     C = C_used
     s = (qh @ kh.transpose(-1, -2)).view(B, Hkv, Tq, G, C) * scale  # (B, Hkv, Tq, G, C)
