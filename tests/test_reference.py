@@ -462,3 +462,132 @@ def test_decode_fast_path_matches_general(Hkv, lengths, window):
     fast = ref.swa_decode(q, k, v, L, window)
     general = ref.swa_decode(q, k, v, L, window, alibi_slopes=torch.zeros(H, dtype=torch.float64))
     torch.testing.assert_close(fast, general, atol=1e-12, rtol=0)
+
+
+# ---- sampling fast path ----
+# The candidate path (`_plan`: top-k via torch.topk, top-p alone via the most likely tokens) against the general
+# definition `_filter` over whole rows: the same probabilities and kept set bit for bit, hence the same ids.
+
+import fastllm.kernels.reference.sampling as S  # noqa: E402
+
+
+def general_ids(logits, noise, params, prev):
+    """The ids of the general path alone: `_filter` over whole rows, the race argmax over the vocabulary."""
+    z, zt, greedy = S._scaled(logits, params[0], params[4], prev)
+    probs, keep = S._filter(zt, *params[1:4])
+    race = torch.where(keep, probs / -torch.log(noise.to(probs.dtype)), torch.tensor(-1.0, dtype=probs.dtype))
+    return torch.where(greedy, z.argmax(-1), race.argmax(-1))
+
+
+def random_case(g, B, V):
+    pick = lambda xs: torch.tensor([xs[i] for i in torch.randint(len(xs), (B,), generator=g)])  # noqa: E731
+    kind = int(torch.randint(5, (1,), generator=g))
+    logits = torch.randn(B, V, generator=g) * [0.5, 2.5, 8.0, 2.0, 2.0][kind]
+    if kind == 3:
+        logits = logits.round()  # few distinct values: cuts fall inside groups of ties
+    if kind == 4:
+        logits[:, ::3] = -math.inf  # a masked third of the vocabulary
+        logits[0] = -math.inf
+        logits[0, V // 2] = 1.0  # a single finite token
+    params = (
+        pick([0.0, 1e-30, 0.3, 0.8, 1.0, 1.7]).float(),
+        pick([0, 1, 2, 7, 50, V - 1, V, V + 3, S.MAX_CANDIDATES - 1, S.MAX_CANDIDATES]),
+        pick([1.0, 1.0, 0.0, 1e-6, 0.3, 0.9, 0.999, 0.9999999]).float(),
+        pick([0.0, 0.0, 0.0, 0.05, 0.5, 1.0]).float(),
+        pick([1.0, 1.3, 0.7]).float(),
+    )
+    prev = torch.randint(-1, V, (B, 24), generator=g)
+    prev[:, :4] = prev[:, 4:8]  # duplicates are penalised once
+    prev[:, -1] = 0  # token 0 seen, next to padding that points at it
+    return logits, params, prev
+
+
+@pytest.mark.parametrize("V", [97, 1500, 5003])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sample_fast_path_equals_general_path(V, dtype):
+    g = torch.Generator().manual_seed(V)
+    fast_rows = 0
+    for _ in range(25):
+        logits, params, prev = random_case(g, 8, V)
+        logits = logits.to(dtype)
+        noise = torch.rand(logits.shape, generator=g)
+        z, zt, greedy = S._scaled(logits, params[0], params[4], prev)
+        probs, keep = S._filter(zt, *params[1:4])  # (B, V) the definition
+        for rows, idx, p, k in S._plan(zt, *params[1:4], ~greedy):
+            if idx is None:
+                continue
+            fast_rows += rows.numel()
+            assert torch.equal(p, probs[rows].gather(1, idx)) and torch.equal(k, keep[rows].gather(1, idx))
+            assert torch.equal(k.sum(-1), keep[rows].sum(-1)), "a kept token outside the candidates"
+        assert torch.equal(S.sample_from_noise(logits, noise, *params, prev), general_ids(logits, noise, params, prev))
+    assert fast_rows > 50  # the candidate paths were taken
+
+
+def test_sample_fast_path_boundary_ties_fall_back():
+    B, V = 4, 3000
+    logits = torch.randn(B, V).clamp(max=3.0)
+    for b, ties in enumerate([60, 60, 300, 1100]):
+        logits[b, torch.randperm(V)[:ties]] = 5.0  # ties at the top, past every cut
+    params = rows_params(B, top_k=[5, 50, 0, 0], top_p=[1.0, 0.9, 0.3, 0.95])
+    zt = S._scaled(logits, params[0], params[4], None)[1]
+    plan = S._plan(zt, *params[1:4], torch.ones(B, dtype=torch.bool))
+    general = [g[0].tolist() for g in plan if g[1] is None]
+    assert general == [[0, 1, 3]]  # row 2's 300 ties fit in the second try (1024 candidates)
+    noise = torch.rand(B, V)
+    assert torch.equal(S.sample_from_noise(logits, noise, *params, None), general_ids(logits, noise, params, None))
+
+
+def rows_params(B, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0):
+    def col(v, dtype):
+        return torch.as_tensor(v, dtype=dtype).expand(B).contiguous()
+
+    floats = (temperature, top_p, min_p, repetition_penalty)
+    t, p, m, rp = (col(v, torch.float32) for v in floats)
+    return t, col(top_k, torch.int64), p, m, rp
+
+
+@pytest.mark.parametrize("settings", [dict(top_k=40), dict(top_p=0.8), dict(top_k=30, top_p=0.9, min_p=0.05)])
+def test_sample_philox_candidate_noise_distribution(settings):
+    """Seeded draws (noise for the candidates only) follow `sampling_probs`: per-token frequencies within 5 sigma
+    and a total-variation distance below the one of as many multinomial draws, plus 0.01."""
+    N, V = 40_000, 4000
+    row = torch.randn(V, generator=torch.Generator().manual_seed(11)) * 2
+    prev = torch.tensor([[int(row.argmax()), 3, -1]])
+    params = rows_params(N, repetition_penalty=1.2, **settings)
+    p = S.sampling_probs(row[None], *(x[:1] for x in params), prev)[0].double()
+    ids = S.sample_philox(row.expand(N, V), torch.tensor([5]), *params, prev.expand(N, -1))
+    freq = torch.bincount(ids, minlength=V).double() / N
+    assert bool((p[ids] > 0).all())  # never outside the filtered support
+    assert (freq - p).abs().max() < 5 * (p * (1 - p) / N).sqrt().max() + 1e-9
+    multi = torch.bincount(torch.multinomial(p, N, replacement=True), minlength=V).double() / N
+    assert 0.5 * (freq - p).abs().sum() < 0.5 * (multi - p).abs().sum() + 0.01
+
+
+def test_sample_philox_deterministic_per_seed():
+    B, V = 5, 6000
+    logits = torch.randn(B, V) * 2
+    params = rows_params(B, top_k=[50, 0, 2000, 0, 7], top_p=[0.9, 0.8, 1.0, 1.0, 0.5])
+    seeds = torch.tensor([3, 1, 4, 1, 5])
+    a = S.sample_philox(logits, seeds, *params)
+    assert torch.equal(a, S.sample_philox(logits, seeds, *params))
+    for b in range(B):  # (B,) seeds: a row's draw depends on its own seed and logits only
+        one = S.sample_philox(logits[b : b + 1], seeds[b : b + 1], *(x[b : b + 1] for x in params))
+        assert one.item() == a[b].item()
+    one_seed = torch.tensor([9])
+    assert torch.equal(S.sample_philox(logits, one_seed, *params), S.sample_philox(logits, one_seed, *params))
+
+
+def test_sample_fast_validation_errors():
+    logits = torch.randn(3, 50)
+    logits[0, :10] = -math.inf  # some -inf is fine
+    K.sample(logits, top_k=5, generator=torch.Generator().manual_seed(0))
+    bad = logits.clone()
+    bad[2, 4] = math.inf
+    with pytest.raises(ValueError, match="\\+inf \\(rows \\[2\\]\\)"):
+        K.sample(bad, top_k=5)
+    with pytest.raises(ValueError, match="prev_tokens holds id 50"):
+        K.sample(logits, prev_tokens=torch.tensor([[1], [50], [2]]))
+    with pytest.raises(ValueError, match="temperature must be >= 0 \\(rows \\[1\\]\\)"):
+        K.sample(logits, temperature=torch.tensor([1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="min_p"):
+        K.sample(logits, min_p=torch.tensor([0.0, 0.0, math.nan]))
