@@ -164,8 +164,13 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
         compiled = torch.compile(model, fullgraph=True, mode="max-autotune")
 
         def step(model_, cur: torch.Tensor, cache) -> torch.Tensor:
-            # read when (re)compiling; autotune_num_choices_displayed=0 keeps the autotuner's report off stderr
-            with torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0):
+            # Read when (re)compiling; autotune_num_choices_displayed=0 keeps the autotuner's report off stderr. Every
+            # model (and cache shape) compiled adds an entry to Transformer.forward's cache: past dynamo's default
+            # limit of 8 it would silently run eager, hence the higher limit.
+            with (
+                torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0),
+                torch._dynamo.config.patch(recompile_limit=64),
+            ):
                 return compiled(cur[:, None], cache)[:, -1]  # (B, V)
 
     model.__dict__["_fastllm_decode_step"] = (key, weights, step)

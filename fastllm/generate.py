@@ -379,7 +379,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_length", type=int, help="context length; full-attention models slide past it")
     p.add_argument("--system_prompt", help="chat: the system message; batch: a paragraph before each prompt")
     p.add_argument("--stream", action="store_true", help="batch: print text as it decodes (chat always streams)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA graphs on CUDA)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the decode step: CUDA graphs on CUDA; on the CPU, frozen weights in inductor's C++ GEMMs "
+        "(about a minute to compile, then 2-3x faster decode of 100M+ models)",
+    )
     p.add_argument("--chat_format", choices=sorted(chat_formats), help="default: the checkpoint's, else plain")
     return p.parse_args(argv)
 
