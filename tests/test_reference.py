@@ -591,3 +591,26 @@ def test_sample_fast_validation_errors():
         K.sample(logits, temperature=torch.tensor([1.0, -1.0, 1.0]))
     with pytest.raises(ValueError, match="min_p"):
         K.sample(logits, min_p=torch.tensor([0.0, 0.0, math.nan]))
+
+
+# ---- blocked 16-bit GLU on the CPU ----
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
+def test_blocked_glu_equals_whole_tensor_arithmetic(dtype, activation):
+    """The CPU reference computes 16-bit GLUs in fp32 one cache-sized row block at a time: the whole-tensor
+    expression, forward and backward, up to one final rounding (torch's elementwise kernels may take a scalar tail
+    instead of the vector body at other offsets, which moves the fp32 result by an ulp; odd sizes: the last block is
+    partial)."""
+    from fastllm.kernels.reference.glu import _BLOCK, activate, activate_grad
+
+    torch.manual_seed(0)
+    gate, up, grad = (torch.randn(3, 101, 1111).to(dtype) for _ in range(3))
+    assert gate.numel() > _BLOCK
+    g, u, go = gate.float(), up.float(), grad.float()
+    one_rounding = dict(rtol=torch.finfo(dtype).eps, atol=torch.finfo(dtype).tiny)
+    torch.testing.assert_close(ref.glu(gate, up, activation), (activate(g, activation) * u).to(dtype), **one_rounding)
+    dgate, dup = glu_backward(grad, gate, up, activation)
+    torch.testing.assert_close(dgate, (go * u * activate_grad(g, activation)).to(dtype), **one_rounding)
+    torch.testing.assert_close(dup, (go * activate(g, activation)).to(dtype), **one_rounding)
