@@ -21,6 +21,8 @@ import sys
 os.environ.setdefault("TRITON_INTERPRET", "1")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+# --import-mode=importlib (pyproject) puts no test folder on sys.path: shared helpers (training_setup.py) need it
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
 

@@ -2,14 +2,13 @@
 same global batch, and checkpoints cross between them: an FSDP2 checkpoint loads with fastllm.load and resumes in one
 process, and a one-process checkpoint resumes under FSDP2.
 
-Every run is the tiny SWA-MLA-style model of tests/test_train.py (sliding + MLA layers, GLU, tied head) on a
+Every run is the tiny SWA-MLA-style model of tests/training_setup.py (sliding + MLA layers, GLU, tied head) on a
 generated corpus, one CPU thread per process: 6 steps, global batch 4 (one process: batch 4; two: batch 2 each),
 2 micro-batches per step (so the first micro-batch's backward skips the gradient sync).
 """
 
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -17,46 +16,20 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_setup import TINY, make_corpus, read_log
 
 import fastllm
 import fastllm.train as T
-from fastllm.tokenizer import train_bpe
 from fastllm.training import TrainConfig
 from fastllm.training import state as S
 
-TINY = dict(
-    n_layer=3,
-    d_model=32,
-    n_head=2,
-    d_ff=48,
-    layer_pattern=["sliding", "sliding", "mla"],
-    window=8,
-    sink_tokens=2,
-    kv_lora_rank=8,
-    qk_nope_head_dim=8,
-    qk_rope_head_dim=4,
-    v_head_dim=8,
-    mla_rope_by_head=False,
-)
 STEPS = 6
 LOSS_TOL = dict(rel=1e-5, abs=1e-6)  # fp32; the ranks' gradients are averaged in another order than one process sums
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Two small text files of seeded pseudo-sentences and a 320-token BPE trained on them."""
-    rng = random.Random(0)
-    words = ["".join(rng.choice("aeioubcdfghklmnprstvw") for _ in range(rng.randint(2, 8))) for _ in range(300)]
-    root = tmp_path_factory.mktemp("corpus")
-    files = []
-    for i in range(2):
-        lines = [" ".join(rng.choices(words, k=rng.randint(4, 14))).capitalize() + "." for _ in range(300)]
-        path = root / f"part{i}.txt"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        files.append(str(path))
-    tok = train_bpe(files, 320, special_tokens=["<|endoftext|>"])
-    tok.save(str(root / "tokenizer.json"))
-    return files, str(root / "tokenizer.json")
+    return make_corpus(tmp_path_factory.mktemp("corpus"), lines=300, zipf=False)
 
 
 def config(corpus, out_dir, world: int, **kw) -> TrainConfig:
@@ -97,11 +70,6 @@ def torchrun(cfg: TrainConfig, tmp_path) -> str:
     assert proc.returncode == 0, proc.stdout[-1000:] + proc.stderr[-3000:]
     assert proc.stdout.count("fastllm.train:") == 1  # rank 0 alone prints
     return proc.stdout
-
-
-def read_log(out_dir, key="loss"):
-    with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
-        return [(r["step"], r[key]) for r in map(json.loads, f) if key in r]
 
 
 def assert_same_curves(got_dir, want_dir, steps):

@@ -7,55 +7,26 @@ Every run is a tiny SWA-MLA-style model (sliding + MLA layers, GLU) on a generat
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_setup import TINY, make_corpus, read_log
 
 import fastllm
 import fastllm.train as T
-from fastllm.tokenizer import train_bpe
 from fastllm.training import TrainConfig, parse_args
 from fastllm.training import data as D
 from fastllm.training import state as S
 
 torch.set_num_threads(1)
 
-TINY = dict(
-    n_layer=3,
-    d_model=32,
-    n_head=2,
-    d_ff=48,
-    layer_pattern=["sliding", "sliding", "mla"],
-    window=8,
-    sink_tokens=2,
-    kv_lora_rank=8,
-    qk_nope_head_dim=8,
-    qk_rope_head_dim=4,
-    v_head_dim=8,
-    mla_rope_by_head=False,
-)
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """Two small text files of seeded pseudo-sentences and a 320-token BPE trained on them."""
-    rng = random.Random(0)
-    words = ["".join(rng.choice("aeioubcdfghklmnprstvw") for _ in range(rng.randint(2, 8))) for _ in range(300)]
-    weights = [1 / (r + 1) for r in range(len(words))]  # Zipf-like
-    root = tmp_path_factory.mktemp("corpus")
-    files = []
-    for i in range(2):
-        lines = [" ".join(rng.choices(words, weights, k=rng.randint(4, 14))).capitalize() + "." for _ in range(400)]
-        path = root / f"part{i}.txt"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        files.append(str(path))
-    tok = train_bpe(files, 320, special_tokens=["<|endoftext|>"])
-    tok.save(str(root / "tokenizer.json"))
-    return files, str(root / "tokenizer.json")
+    return make_corpus(tmp_path_factory.mktemp("corpus"), lines=400, zipf=True)
 
 
 def tiny(corpus, out_dir, **kw) -> TrainConfig:
@@ -79,12 +50,6 @@ def tiny(corpus, out_dir, **kw) -> TrainConfig:
         out_dir=str(out_dir),
     )
     return TrainConfig(**{**settings, **kw})
-
-
-def read_log(out_dir, key="loss"):
-    with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8") as f:
-        rows = [json.loads(r) for r in f]
-    return [(r["step"], r[key]) for r in rows if key in r]
 
 
 # ---- pieces --------------------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cstdio>
+#include <functional>
+#include <stdexcept>
+#include <string>
 
 inline int g_failures = 0;
 
@@ -13,3 +16,15 @@ inline int g_failures = 0;
       ++g_failures;                                                                  \
     }                                                                                \
   } while (0)
+
+// True when fn throws std::invalid_argument (BpeError) whose message contains needle; prints any other message.
+inline bool throws(const std::function<void()>& fn, const std::string& needle) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    if (std::string(e.what()).find(needle) != std::string::npos) return true;
+    std::fprintf(stderr, "  message was: %s\n", e.what());
+    return false;
+  }
+  return false;
+}

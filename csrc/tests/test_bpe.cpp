@@ -30,17 +30,6 @@ static std::string decode(const CoreBPE& bpe, const std::vector<uint32_t>& v) {
   return out;
 }
 
-static bool throws(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    if (std::string(e.what()).find(needle) != std::string::npos) return true;
-    std::fprintf(stderr, "  message was: %s\n", e.what());
-    return false;
-  }
-  return false;
-}
-
 // A naive rank-based BPE (tiktoken semantics), the oracle for the merge paths.
 static std::vector<uint32_t> naive_ranks(const CoreBPE& bpe, const std::string& piece) {
   uint32_t whole = bpe.token_to_id(piece);

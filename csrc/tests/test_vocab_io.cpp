@@ -17,17 +17,6 @@ static std::string write_temp(const std::string& name, const std::string& text) 
   return path;
 }
 
-static bool throws(const std::function<void()>& fn, const std::string& needle) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    if (std::string(e.what()).find(needle) != std::string::npos) return true;
-    std::fprintf(stderr, "  message was: %s\n", e.what());
-    return false;
-  }
-  return false;
-}
-
 // A byte-level vocabulary of the 256 bytes (ids 0..255) plus "ab" (256) and "abc" (257), as JSON members.
 static std::string byte_vocab_json() {
   std::string out;

@@ -288,19 +288,19 @@ def swa_decode(
         )  # (B, H, 1, Dv)
         return o.transpose(1, 2).to(q.dtype)  # (B, 1, H, Dv)
     # Slots at or past the longest row's length were never written in any row: leave them out (cheap views).
-    C_used = max(1, min(C, max_len))
-    kpos = ring_slot_positions(L, C, sink_tokens)[:, :C_used]  # (B, C_used), -1 = empty slot
+    kpos = ring_slot_positions(L, C, sink_tokens)  # (B, C), -1 = empty slot
+    C = max(1, min(C, max_len))
+    kpos = kpos[:, :C]  # (B, C)
     qpos = L[:, None] - Tq + torch.arange(Tq, device=q.device)[None, :]  # (B, Tq)
-    dist = qpos[:, :, None] - kpos[:, None, :]  # (B, Tq, C_used)
-    mask = (kpos >= 0)[:, None, :] & (dist >= 0)  # (B, Tq, C_used)
+    dist = qpos[:, :, None] - kpos[:, None, :]  # (B, Tq, C)
+    mask = (kpos >= 0)[:, None, :] & (dist >= 0)  # (B, Tq, C)
     if window is not None:
-        mask &= (dist < window) | (kpos < sink_tokens)[:, None, :]  # (B, Tq, C_used)
+        mask &= (dist < window) | (kpos < sink_tokens)[:, None, :]  # (B, Tq, C)
     qh = q.to(dt).view(B, Tq, Hkv, G, D).transpose(1, 2).reshape(B, Hkv, Tq * G, D)  # (B, Hkv, Tq*G, D)
-    kh = k_cache[:, :C_used].to(dt).transpose(1, 2)  # (B, Hkv, C_used, D)
-    vh = v_cache[:, :C_used].to(dt).transpose(1, 2)  # (B, Hkv, C_used, Dv)
-    if min_len < C_used:  # a shorter row has unwritten slots, which may hold NaN: zero them so
+    kh = k_cache[:, :C].to(dt).transpose(1, 2)  # (B, Hkv, C, D)
+    vh = v_cache[:, :C].to(dt).transpose(1, 2)  # (B, Hkv, C, Dv)
+    if min_len < C:  # a shorter row has unwritten slots, which may hold NaN: zero them so
         vh = torch.where((kpos >= 0)[:, None, :, None], vh, 0.0)  # that 0 * NaN cannot leak through p @ v
-    C = C_used
     s = (qh @ kh.transpose(-1, -2)).view(B, Hkv, Tq, G, C) * scale  # (B, Hkv, Tq, G, C)
     bias = None
     if alibi_slopes is not None:
