@@ -29,6 +29,7 @@ positions never slide: their ring caches never grow, and max_length is ignored f
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -175,6 +176,20 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
 
     model.__dict__["_fastllm_decode_step"] = (key, weights, step)
     return step
+
+
+def decode_threads(model, device: torch.device, compile) -> contextlib.AbstractContextManager:
+    """The thread setting of the decode loop. On the CPU, where the step's linear layers run fastllm's C++ kernels
+    (eager steps; int8 layers also when compiled), torch's pool at one thread and the kernels on the others
+    (`fastllm.kernels.cpu.decode_threads`); otherwise (compiled float steps: inductor's GEMMs use torch's pool, CUDA)
+    unchanged."""
+    from fastllm.quant import is_quantized
+
+    if device.type != "cpu" or (compile and not is_quantized(model)):
+        return contextlib.nullcontext()
+    from fastllm.kernels import cpu
+
+    return cpu.decode_threads()
 
 
 def sample_next(logits: torch.Tensor, state: DecodeState, sampling: SamplingParams, generator) -> torch.Tensor:
@@ -326,10 +341,11 @@ def generate(
     _sync(device)
     t1 = time.perf_counter()
     every = sync_every or (16 if device.type == "cuda" else 1)
-    steps = decode_n_tokens(
-        model, cache, state, logits, max_new_tokens, sampling, generator=generator, ctx=ctx, keep=keep,
-        on_step=on_step, sync_every=every, step_fn=step_fn,
-    )  # fmt: skip
+    with decode_threads(model, device, compile):
+        steps = decode_n_tokens(
+            model, cache, state, logits, max_new_tokens, sampling, generator=generator, ctx=ctx, keep=keep,
+            on_step=on_step, sync_every=every, step_fn=step_fn,
+        )  # fmt: skip
     history = state.tokens.tolist()  # the one read of the results (it waits for the device)
     stats.prefill_s, stats.decode_s = t1 - t0, time.perf_counter() - t1
     stats.slides = state.slides

@@ -233,7 +233,7 @@ def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str
     return prompts
 
 
-def load_model(checkpoint: str | None, device: str | None, dtype: str | None):
+def load_model(checkpoint: str | None, device: str | None, dtype: str | None, quantize: str | None = None):
     """(model, tokenizer, torch.device) with clear errors for a missing file, a bad format or a missing device."""
     import torch
 
@@ -263,7 +263,7 @@ def load_model(checkpoint: str | None, device: str | None, dtype: str | None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a missing tokenizer is reported below, as one line
         try:
-            model, tokenizer = fastllm.load(checkpoint, device=dev, dtype=dt)
+            model, tokenizer = fastllm.load(checkpoint, device=dev, dtype=dt, quantize=quantize)
         except (CheckpointError, ValueError, OSError, TypeError) as e:
             raise CLIError(f"--checkpoint {checkpoint}: {e}") from None
     if tokenizer is None:
@@ -303,13 +303,14 @@ def main(
     stream: bool = False,
     compile: bool = False,
     chat_format: str | None = None,
+    quantize: str | None = None,
 ) -> int:
     """Batch mode: complete each prompt, print it and a metrics line. Chat mode: a streamed conversation.
     Defaults follow the SWA-MLA seed's inference script; mode defaults to batch when prompts are given, else chat."""
     mode = mode or ("batch" if prompt or prompts_file else "chat")
     check_flags(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, max_length)
     prompts = read_prompts(prompt, prompts_file) if mode == "batch" else []
-    model, tokenizer, dev = load_model(checkpoint, device, dtype)
+    model, tokenizer, dev = load_model(checkpoint, device, dtype, quantize)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
     if mode == "chat":
         from fastllm.engine import SamplingParams
@@ -386,6 +387,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(about a minute to compile, then 2-3x faster decode of 100M+ models)",
     )
     p.add_argument("--chat_format", choices=sorted(chat_formats), help="default: the checkpoint's, else plain")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="int8: weight-only int8 linear layers (per-row scales), decoded by fastllm's C++ CPU kernel; a quarter "
+        "of the fp32 weight bytes per token",
+    )
     return p.parse_args(argv)
 
 

@@ -17,6 +17,10 @@ import torch
 from fastllm.kernels import _ops
 from fastllm.kernels._dispatch import backend_for as backend_for
 from fastllm.kernels.reference.glu import ACTIVATIONS
+from fastllm.kernels.reference.linear import dequantize_int8 as dequantize_int8
+from fastllm.kernels.reference.linear import pack_int8 as pack_int8
+from fastllm.kernels.reference.linear import packed_shape
+from fastllm.kernels.reference.linear import quantize_int8 as quantize_int8
 from fastllm.kernels.reference.sampling import check_flag as check_sample_flag
 from fastllm.kernels.reference.sampling import per_row, seeds_for
 
@@ -298,6 +302,45 @@ def glu_linear(x, w_gate_up, activation="silu", layout="gate_first", *, bias=Non
     layouts = ("gate_first", "gate_second")
     _require(layout in layouts, f"glu_linear: unknown layout {layout!r}; expected one of {layouts}")
     return _ops.glu_linear(x, w_gate_up, bias, activation, layout == "gate_first")
+
+
+def int8_linear(x, packed, scale, bias=None):
+    """Linear layer with int8 weights (weight-only quantization): x @ (codes * scale[:, None])^T + bias.
+
+    Args:
+        x: (..., K) float (fp32 or bf16 for the CPU kernel; any float elsewhere).
+        packed: the codes (N, K) int8 of `quantize_int8`, in the layout of `pack_int8`:
+            (ceil(N / 8), ceil(K / 64), 8, 64) int8. The layout fixes K only up to its zero padding: an x with a K
+            of the same padded width reads padding zeros (Int8Linear checks K exactly).
+        scale: (N,) float32, one per output row.
+        bias: (N,) in x's dtype, or None.
+
+    Returns (..., N) in x's dtype, accumulated in fp32. On the CPU, calls with at most `cpu.MAX_M_PACKED` rows (a
+    decode step) run fastllm's C++ kernel, which streams each weight tile once for all rows and dequantizes in
+    registers; otherwise (prefill, other devices, FASTLLM_KERNELS=reference) the weight is dequantized to fp32 and
+    multiplied by torch. Inference only: there is no backward.
+    """
+    _require(x.is_floating_point() and x.dim() >= 1, f"int8_linear: x must be float (..., K), got {x.dtype}")
+    _require(
+        scale.dim() == 1 and scale.dtype == torch.float32,
+        f"int8_linear: scale must be (N,) float32, got {tuple(scale.shape)} {scale.dtype}",
+    )
+    N, K = scale.shape[0], x.shape[-1]
+    _require(
+        packed.dtype == torch.int8 and tuple(packed.shape) == packed_shape(N, K),
+        f"int8_linear: packed must be {packed_shape(N, K)} int8 for N={N} (from scale) and K={K} (from x), got "
+        f"{tuple(packed.shape)} {packed.dtype}",
+    )
+    _require(
+        packed.device == x.device == scale.device,
+        f"int8_linear: x ({x.device}), packed ({packed.device}) and scale ({scale.device}) must share a device",
+    )
+    if bias is not None:
+        _require(
+            bias.shape == (N,) and bias.dtype == x.dtype and bias.device == x.device,
+            f"int8_linear: bias must be ({N},) {x.dtype} on {x.device}, got {tuple(bias.shape)} {bias.dtype}",
+        )
+    return _ops.int8_linear(x, packed, scale, bias)
 
 
 def sample(

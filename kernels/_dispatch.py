@@ -9,6 +9,10 @@ Rule, evaluated at every call from the op's device and the environment:
   and a launcher is registered for the op; otherwise the reference. A CUDA call that falls back to the reference
   warns once per op.
 
+C++ CPU kernels (`fastllm._cpu`, launchers in `fastllm.kernels.cpu`) are a separate axis: an op that has one
+(`CPU_OPS`) runs it for CPU tensors unless `FASTLLM_KERNELS=reference`; `FASTLLM_KERNELS=triton` does not affect
+them (there is no Triton kernel for them to force) and `TRITON_INTERPRET=1` neither.
+
 Triton launchers are registered by op name with `register_triton`; `fastllm.kernels.triton` (imported lazily, only
 when a call might use Triton) registers its launchers when it is imported. An op without a registered launcher
 simply has no Triton path yet: auto mode uses the reference for it (so `TRITON_INTERPRET=1` does not disturb the
@@ -42,6 +46,8 @@ OPS = (
     "sample_from_noise",
     "sample_philox",
 )
+
+CPU_OPS = ("int8_linear", "linear")  # ops with a C++ CPU kernel
 
 F = TypeVar("F", bound=Callable)
 _TRITON_OPS: dict[str, Callable] = {}  # op name -> launcher; filled by fastllm.kernels.triton
@@ -128,3 +134,10 @@ def backend_for(op: str, device: torch.device) -> str:
 def pick(op: str, device: torch.device, reference: Callable) -> Callable:
     """The implementation to call: `reference` or the registered Triton launcher of `op`."""
     return reference if backend_for(op, device) == "reference" else _TRITON_OPS[op]
+
+
+def use_cpu_kernel(op: str, device: torch.device) -> bool:
+    """Whether a call of `op` (one of CPU_OPS) on `device` runs fastllm's C++ CPU kernel."""
+    if op not in CPU_OPS:
+        raise ValueError(f"{op!r} has no C++ CPU kernel; those that do: {CPU_OPS}")
+    return device.type == "cpu" and forced_backend() != "reference"

@@ -26,6 +26,7 @@ from fastllm.kernels.reference.glu import glu_backward as _glu_bwd_ref
 from fastllm.kernels.reference.glu import glu_linear as _glu_linear_ref
 from fastllm.kernels.reference.glu import glu_packed as _glu_packed_ref
 from fastllm.kernels.reference.glu import glu_packed_backward as _glu_packed_bwd_ref
+from fastllm.kernels.reference.linear import int8_linear as _int8_linear_ref
 from fastllm.kernels.reference.mla import mla_decode as _mla_decode_ref
 from fastllm.kernels.reference.sampling import sample_from_noise as _sample_ref
 from fastllm.kernels.reference.sampling import sample_philox as _sample_philox_ref
@@ -343,3 +344,67 @@ def sample_philox(
 @sample_philox.register_fake
 def _(logits, seed, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag=None):
     return logits.new_empty(logits.shape[0], dtype=torch.int64)
+
+
+# ---- int8 weight-only linear (inference only: no autograd) -----------------------------------------------------
+# Registered through torch.library.Library rather than custom_op: a decode step makes ~50 of these calls per token,
+# and custom_op's Python dispatch costs ~10 us a call against ~2 us here (measured on the CPU).
+
+_lib = torch.library.Library("fastllm", "FRAGMENT")
+_lib.define("int8_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor")
+_lib.define("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+
+
+def _int8_linear_cpu(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    from fastllm.kernels import cpu  # the C++ extension, needed only here
+
+    if (
+        x.numel() <= cpu.MAX_M_PACKED * x.shape[-1]
+        and x.dtype in cpu.X_DTYPES
+        and _dispatch.use_cpu_kernel("int8_linear", x.device)
+    ):
+        return cpu.linear_int8_packed(x, packed, scale, bias)
+    return _int8_linear_ref(x, packed, scale, bias).contiguous()
+
+
+def _int8_linear_any(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    return _int8_linear_ref(x, packed, scale, bias).contiguous()
+
+
+_lib.impl("int8_linear", _int8_linear_cpu, "CPU")
+_lib.impl("int8_linear", _int8_linear_any, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("fastllm::int8_linear")
+def _(x, packed, scale, bias):
+    return x.new_empty(*x.shape[:-1], scale.shape[0])
+
+
+int8_linear = torch.ops.fastllm.int8_linear
+
+
+# ---- linear with float weights: the C++ GEMV for decode-sized CPU calls, F.linear otherwise (no autograd) -------
+
+
+def _linear_cpu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    from fastllm.kernels import cpu
+
+    if cpu.supports(x, weight) and _dispatch.use_cpu_kernel("linear", x.device):
+        return cpu.linear(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+def _linear_any(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+_lib.impl("linear", _linear_cpu, "CPU")
+_lib.impl("linear", _linear_any, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("fastllm::linear")
+def _(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+linear = torch.ops.fastllm.linear

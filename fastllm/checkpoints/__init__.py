@@ -149,7 +149,7 @@ def build(config: ModelConfig, tensors: dict[str, torch.Tensor], path: str, *, d
     return model.eval()
 
 
-def load(path_or_dir, *, config: dict | None = None, device=None, dtype=None, weights_only: bool = True):
+def load(path_or_dir, *, config: dict | None = None, device=None, dtype=None, weights_only: bool = True, quantize=None):
     """(model, tokenizer) from any supported checkpoint: HF GPT-2, GPT-124M, L1, llm-scratch v1/v2, SWA-MLA, INL,
     fastllm.
 
@@ -161,7 +161,10 @@ def load(path_or_dir, *, config: dict | None = None, device=None, dtype=None, we
         weights_only: torch.load's safety switch; False unpickles arbitrary objects (trusted files only). With
             True, formats whose files pickle other objects (SWA-MLA optimizer state) load through the restricted
             unpickler, which never calls anything outside its allowlist and keeps only weights and plain values.
+        quantize: None, or "int8": int8 weight-only linear layers (`fastllm.quant.quantize`), for CPU decoding.
     """
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     source = read_source(path_or_dir, config, weights_only=weights_only)
     try:
         fmt = detect(source)
@@ -173,6 +176,10 @@ def load(path_or_dir, *, config: dict | None = None, device=None, dtype=None, we
         raise PickledObjectsError(source.refused)
     model_config, tensors = fmt.convert(source)
     model = build(model_config, tensors, source.path, device=device, dtype=dtype)
+    if quantize is not None:
+        from fastllm.quant import quantize as quantize_model
+
+        quantize_model(model.eval(), quantize)
     tokenizer = fmt.tokenizer(source)
     if tokenizer is None:
         warnings.warn(f"{source.path}: no tokenizer found for this {fmt.name} checkpoint; returning None", stacklevel=2)

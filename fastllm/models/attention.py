@@ -18,7 +18,7 @@ from torch import nn
 import fastllm.kernels as K
 from fastllm.models.cache import KVCache
 from fastllm.models.config import ModelConfig
-from fastllm.models.layers import apply_rope
+from fastllm.models.layers import Linear, apply_rope
 
 ATTENTION: dict[str, type[nn.Module]] = {}
 
@@ -48,8 +48,8 @@ class Attention(nn.Module):
         self.rope_style = config.rope_style if config.position == "rope" else None
         self.scale = config.attn_scale
         q_dim, kv_dim = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-        self.wqkv = nn.Linear(config.d_model, q_dim + 2 * kv_dim, bias=config.qkv_bias)
-        self.wo = nn.Linear(q_dim, config.d_model, bias=config.out_bias)
+        self.wqkv = Linear(config.d_model, q_dim + 2 * kv_dim, bias=config.qkv_bias)
+        self.wo = Linear(q_dim, config.d_model, bias=config.out_bias)
         # (H, R): bias of distance p - j is rel_bias[h, min(p - j, R - 1)]; the kernels index it themselves.
         self.rel_bias = nn.Parameter(torch.zeros(config.n_head, config.rel_bias)) if config.rel_bias else None
 

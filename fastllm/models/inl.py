@@ -34,7 +34,7 @@ from torch import nn
 
 from fastllm.models.attention import ATTENTION
 from fastllm.models.config import ModelConfig
-from fastllm.models.layers import MLP, make_norm
+from fastllm.models.layers import MLP, Linear, make_norm
 from fastllm.models.transformer import BLOCKS
 
 CONTROLLER_DIM = 64  # hard-coded hidden width of the upstream controller
@@ -45,6 +45,8 @@ MIN_STEPS = 3  # upstream min_iterations: the convergence check starts at step i
 class Integrator(nn.Module):
     """Hierarchical-equilibrium integrator: T damped second-order steps per token, gates from a tiny MLP."""
 
+    keep_float = ("ctrl_in",)  # fastllm.quant: forward splits its weight
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         d = config.d_model
@@ -52,8 +54,8 @@ class Integrator(nn.Module):
         self.early_stop, self.threshold = config.inl_early_stop, config.inl_stop_threshold
         self.mu_global = nn.Parameter(torch.zeros(()))
         self.mu_offsets = nn.Parameter(torch.zeros(-(-d // self.group)))  # ceil(d / group) offsets
-        self.ctrl_in = nn.Linear(3 * d, CONTROLLER_DIM)  # input order [ctx, s, v]
-        self.ctrl_out = nn.Linear(CONTROLLER_DIM, 3 * d)  # output order [alpha, beta, gate]
+        self.ctrl_in = Linear(3 * d, CONTROLLER_DIM)  # input order [ctx, s, v]
+        self.ctrl_out = Linear(CONTROLLER_DIM, 3 * d)  # output order [alpha, beta, gate]
         self.last_steps = 0  # steps the last forward ran (early stopping shows here)
 
     def mu(self) -> torch.Tensor:

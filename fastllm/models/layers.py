@@ -79,6 +79,25 @@ def sinusoidal_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)[..., :dim]  # (P, T, dim)
 
 
+# ---- linear ------------------------------------------------------------------------------------------------------
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state_dict) whose inference calls on the CPU go through `fastllm::linear`: a
+    decode step's few rows take fastllm's C++ GEMV, which streams the weight at close to the memory bandwidth (MKL's
+    GEMV on an (N, K) weight reaches about half of it); other calls are F.linear. Under torch.compile and whenever
+    autograd records it is F.linear itself (inductor's GEMMs; the usual backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            not x.is_cpu
+            or torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+        ):
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.fastllm.linear(x, self.weight, self.bias)
+
+
 # ---- MLP ---------------------------------------------------------------------------------------------------------
 
 
@@ -98,11 +117,11 @@ class MLP(nn.Module):
         d, ff, bias = config.d_model, config.d_ff, config.mlp_bias
         self.kind, self.layout, self.activation = config.mlp, config.glu_layout, config.glu_activation
         if self.kind == "glu" and self.layout == "separate":
-            self.w_gate = nn.Linear(d, ff, bias=bias)
-            self.w_up = nn.Linear(d, ff, bias=bias)
+            self.w_gate = Linear(d, ff, bias=bias)
+            self.w_up = Linear(d, ff, bias=bias)
         else:
-            self.w_in = nn.Linear(d, 2 * ff if self.kind == "glu" else ff, bias=bias)
-        self.w_out = nn.Linear(ff, d, bias=bias)
+            self.w_in = Linear(d, 2 * ff if self.kind == "glu" else ff, bias=bias)
+        self.w_out = Linear(ff, d, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "glu" and self.layout == "separate":
@@ -117,6 +136,8 @@ class MLP(nn.Module):
 
     def _fused_glu(self, x: torch.Tensor) -> bool:
         """Whether the packed GLU takes the fused `K.glu_linear` path: no autograd recording, Triton dispatched."""
+        if not isinstance(self.w_in, nn.Linear):  # fastllm.quant.Int8Linear: its own kernel, then the GLU
+            return False
         records = torch.is_grad_enabled() and (x.requires_grad or self.w_in.weight.requires_grad)
         return not records and _glu_linear_backend(x.device) == "triton"
 

@@ -27,7 +27,7 @@ from torch import nn
 import fastllm.kernels as K
 from fastllm.models.attention import register_attention
 from fastllm.models.config import ModelConfig
-from fastllm.models.layers import LayerNorm, apply_rope, rope_cos_sin
+from fastllm.models.layers import LayerNorm, Linear, apply_rope, rope_cos_sin
 
 MLA_ROPE_THETA = 10000.0  # upstream's MLA rope helper is built with its default base, whatever rope_theta says
 LATENT_NORM_EPS = 1e-5  # nn.LayerNorm default, for kv_norm and q_norm
@@ -70,6 +70,8 @@ class MLAttention(nn.Module):
     """Parameters (fastllm names = upstream names): wq | wq_a, q_norm, wq_b; wkv_a; kv_norm; wkv_b; wo. No biases
     except the LayerNorms."""
 
+    keep_float = ("wkv_b",)  # fastllm.quant: up_proj reads its weight (absorbed into the queries)
+
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
         d, H = config.d_model, config.n_head
@@ -80,15 +82,15 @@ class MLAttention(nn.Module):
         self.scale = (self.Dn + self.Dr) ** -0.5  # the un-absorbed q/k head dim, also in absorbed decode
         q_out = H * (self.Dn + self.Dr)
         if config.q_lora_rank:
-            self.wq_a = nn.Linear(d, config.q_lora_rank, bias=False)
+            self.wq_a = Linear(d, config.q_lora_rank, bias=False)
             self.q_norm = LayerNorm(config.q_lora_rank, LATENT_NORM_EPS)
-            self.wq_b = nn.Linear(config.q_lora_rank, q_out, bias=False)
+            self.wq_b = Linear(config.q_lora_rank, q_out, bias=False)
         else:
-            self.wq = nn.Linear(d, q_out, bias=False)
-        self.wkv_a = nn.Linear(d, self.R + self.Dr, bias=False)
+            self.wq = Linear(d, q_out, bias=False)
+        self.wkv_a = Linear(d, self.R + self.Dr, bias=False)
         self.kv_norm = LayerNorm(self.R, LATENT_NORM_EPS)
-        self.wkv_b = nn.Linear(self.R, H * (self.Dn + self.Dv), bias=False)
-        self.wo = nn.Linear(H * self.Dv, d, bias=False)
+        self.wkv_b = Linear(self.R, H * (self.Dn + self.Dv), bias=False)
+        self.wo = Linear(H * self.Dv, d, bias=False)
 
     def new_cache(self, batch: int, max_seq_len: int, max_chunk: int, dtype, device) -> LatentCache:
         return LatentCache.empty(batch, max_seq_len, self.R + self.Dr, dtype=dtype, device=device)

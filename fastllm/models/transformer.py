@@ -24,7 +24,7 @@ from torch import nn
 from fastllm.models.attention import ATTENTION
 from fastllm.models.cache import Cache
 from fastllm.models.config import ModelConfig
-from fastllm.models.layers import MLP, make_norm, rope_cos_sin, sinusoidal_positions
+from fastllm.models.layers import MLP, Linear, make_norm, rope_cos_sin, sinusoidal_positions
 
 
 @dataclass
@@ -69,11 +69,11 @@ class Transformer(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.embed_rank or config.d_model)
         # low-rank factorised embedding (INL): V x r table, then r -> d; the head stays a full (V, d) matrix
-        self.tok_proj = nn.Linear(config.embed_rank, config.d_model, bias=False) if config.embed_rank else None
+        self.tok_proj = Linear(config.embed_rank, config.d_model, bias=False) if config.embed_rank else None
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         self.layers = nn.ModuleList(BLOCKS[config.block](config, i) for i in range(config.n_layer))
         self.norm = make_norm(config) if config.final_norm else nn.Identity()
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if not any(p.is_meta for p in self.parameters()):

@@ -1,0 +1,139 @@
+// Dispatch of the small-M linear kernel: picks the instruction set once, widens bf16 activations to
+// fp32, splits the weight rows over the threads of a process-wide pool.
+#include "linear.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "linear_job.h"
+#include "pool.h"
+
+namespace fastllm::cpu {
+namespace {
+
+using RowsFn = void (*)(const Job&, int64_t, int64_t);
+
+struct Isa {
+  const char* name;
+  RowsFn rows;
+  bool supported;
+};
+
+Isa isa_table(int i) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("fma");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  const bool avx512 = false, avx2 = false;
+#endif
+  const Isa table[] = {{"avx512", rows_avx512, avx512}, {"avx2", rows_avx2, avx2}, {"generic", rows_generic, true}};
+  return table[i];
+}
+constexpr int kIsas = 3;
+
+int best_isa() {
+  for (int i = 0; i < kIsas; ++i)
+    if (isa_table(i).supported) return i;
+  return kIsas - 1;
+}
+
+std::atomic<int> current_isa{best_isa()};
+
+// Below this many weight elements per thread a call runs on the caller alone: handing out the work
+// would cost more than it saves.
+constexpr int64_t kMinWeightsPerThread = 1 << 16;
+
+struct Split {
+  const Job* job;
+  RowsFn rows;
+  int64_t N, per_thread;
+};
+
+void run_share(void* ctx, int i) {
+  const Split& s = *static_cast<const Split*>(ctx);
+  const int64_t n0 = std::min(s.N, i * s.per_thread), n1 = std::min(s.N, n0 + s.per_thread);
+  if (n0 < n1) s.rows(*s.job, n0, n1);
+}
+
+// The process-wide pool, rebuilt when the thread count changes or in a forked child (whose copy of the
+// pool has no threads behind it; that copy is leaked, never joined).
+std::mutex pool_mu;
+ThreadPool* pool = nullptr;
+pid_t pool_pid = 0;
+
+ThreadPool& pool_for(int threads) {
+  if (pool == nullptr || pool_pid != getpid() || pool->size() != threads) {
+    if (pool != nullptr && pool_pid == getpid()) delete pool;
+    pool = new ThreadPool(threads);
+    pool_pid = getpid();
+  }
+  return *pool;
+}
+
+}  // namespace
+
+const char* isa() { return isa_table(current_isa.load()).name; }
+
+bool force_isa(const char* name) {
+  if (name == nullptr || *name == '\0') {
+    current_isa.store(best_isa());
+    return true;
+  }
+  for (int i = 0; i < kIsas; ++i) {
+    if (std::strcmp(isa_table(i).name, name) != 0) continue;
+    if (!isa_table(i).supported) return false;
+    current_isa.store(i);
+    return true;
+  }
+  return false;
+}
+
+void linear(const LinearArgs& a, int threads) {
+  if (a.M <= 0 || a.N <= 0) return;
+  const bool packed = a.w_packed && a.w_dtype == DType::i8;
+  const int64_t K = packed ? (a.K + kPackCols - 1) / kPackCols * kPackCols : a.K;
+  // The activations as fp32 (M, K) contiguous, zero-padded to the packed width.
+  std::vector<float> widened;
+  const float* x = static_cast<const float*>(a.x);
+  if (a.x_dtype == DType::bf16 || a.ldx != K || K != a.K) {
+    widened.assign(static_cast<size_t>(a.M * K), 0.0f);
+    for (int64_t m = 0; m < a.M; ++m) {
+      float* dst = widened.data() + m * K;
+      if (a.x_dtype == DType::f32) {
+        std::memcpy(dst, static_cast<const float*>(a.x) + m * a.ldx, static_cast<size_t>(a.K) * sizeof(float));
+        continue;
+      }
+      const uint16_t* src = static_cast<const uint16_t*>(a.x) + m * a.ldx;
+      for (int64_t k = 0; k < a.K; ++k) {
+        const uint32_t bits = static_cast<uint32_t>(src[k]) << 16;
+        std::memcpy(dst + k, &bits, 4);
+      }
+    }
+    x = widened.data();
+  }
+  const Job job{x, a.M, K, a.w, a.w_dtype, packed, a.N, packed ? K : a.ldw, a.scale, a.bias, a.y, a.x_dtype, a.ldy};
+  const RowsFn rows = isa_table(current_isa.load()).rows;
+  // Work items: rows, or tiles of kPackRows rows when packed; shares of whole items, a multiple of 8
+  // rows, so only the last tile of a share can be partial.
+  const int64_t items = packed ? (a.N + kPackRows - 1) / kPackRows : a.N;
+  const int64_t work_threads =
+      std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(1, a.N * a.K / kMinWeightsPerThread));
+  if (work_threads <= 1) return rows(job, 0, items);
+  const int64_t align = packed ? 1 : 8;
+  const int64_t per_thread = ((items + work_threads - 1) / work_threads + align - 1) / align * align;
+  Split split{&job, rows, items, per_thread};
+  std::lock_guard<std::mutex> lock(pool_mu);
+  ThreadPool& p = pool_for(std::max(threads, 1));
+  p.run(run_share, &split);
+}
+
+}  // namespace fastllm::cpu

@@ -1,0 +1,54 @@
+// Small-M linear layers on the CPU: y = x W^T (* scale) (+ bias) for the few rows of a decode step.
+//
+// At decode time a linear layer multiplies a handful of activation rows (M = batch, 1..8) by a weight
+// matrix that is read once per token: the layer is bound by the bandwidth of streaming W, not by the
+// flops. The kernel reads each weight row once for all M activation rows, converts it to fp32 in
+// registers (int8 codes times a per-row scale, bf16 by a shift, fp32 as is) and accumulates in fp32;
+// the rows of W are split over a pool of threads. Weights stay in the usual nn.Linear layout
+// (N, K), row-major, so the same tensor serves the large-M prefill through torch.
+//
+// One ISA-specific copy of the kernel per instruction set (AVX-512, AVX2 + FMA, portable C++) is picked
+// at run time from the CPU's features; every copy computes the same sums in the same order within a
+// copy, and the copies differ from each other only in the order of the fp32 additions.
+#pragma once
+
+#include <cstdint>
+
+namespace fastllm::cpu {
+
+enum class DType : int { f32 = 0, bf16 = 1, i8 = 2 };
+
+// Packed int8 weights: the (N, K) codes padded with zeros to Np = ceil(N / 8) * 8 rows and
+// Kp = ceil(K / 64) * 64 columns, stored as blocks [Np / 8][Kp / 64][8 rows][64 columns]: row n,
+// column k is at ((n / 8) * (Kp / 64) + k / 64) * 512 + (n % 8) * 64 + k % 64. A tile of 8 rows is then
+// one contiguous run of memory.
+constexpr int kPackRows = 8;
+constexpr int kPackCols = 64;
+
+// Shapes and pointers of one call. Strides are in elements; the last dimension of every operand is
+// contiguous.
+struct LinearArgs {
+  const void* x = nullptr;  // (M, K) f32 or bf16, row stride ldx
+  DType x_dtype = DType::f32;
+  int64_t M = 0, K = 0, ldx = 0;
+  const void* w = nullptr;  // (N, K) f32, bf16 or i8 (codes), row stride ldw; or packed i8 (above)
+  DType w_dtype = DType::f32;
+  bool w_packed = false;  // i8 only; ldw is then ignored
+  int64_t N = 0, ldw = 0;
+  const float* scale = nullptr;  // (N,) f32 per-row scale of i8 codes; required for i8, else ignored
+  const void* bias = nullptr;    // (N,) in x_dtype, or null
+  void* y = nullptr;             // (M, N) in x_dtype, row stride ldy
+  int64_t ldy = 0;
+};
+
+// The instruction set the kernel runs with on this CPU: "avx512", "avx2" or "generic".
+const char* isa();
+
+// Forces an instruction set (for tests): "avx512", "avx2", "generic", or "" for the best one the CPU
+// has. Returns false (and changes nothing) when the CPU lacks it.
+bool force_isa(const char* name);
+
+// Runs on `threads` threads (the caller and threads - 1 workers of a process-wide pool).
+void linear(const LinearArgs& args, int threads);
+
+}  // namespace fastllm::cpu

@@ -1,0 +1,54 @@
+// The small-M linear kernel compiled for AVX2 + FMA: 8 fp32 lanes, 16 registers.
+// Only this file's functions carry the ISA; linear.cpp calls rows_avx2 only on CPUs that have it.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "linear_job.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+namespace fastllm::cpu::avx2 {
+
+struct V {
+  using reg = __m256;
+  static constexpr int L = 8;
+  static constexpr int kRegs = 16;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg load(const uint16_t* p) {  // bf16: the 16 bits are the top half of the fp32
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static reg load(const int8_t* p) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+  }
+  static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static float hsum(reg a) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));  // 4 lanes
+    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));                                   // 2 lanes
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+  }
+};
+
+#include "linear_kernel.h"
+
+}  // namespace fastllm::cpu::avx2
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+void fastllm::cpu::rows_avx2(const Job& job, int64_t n0, int64_t n1) { avx2::run_rows(job, n0, n1); }
+#else
+void fastllm::cpu::rows_avx2(const Job&, int64_t, int64_t) {}  // never called: isa() is never "avx2"
+#endif

@@ -1,0 +1,55 @@
+// The small-M linear kernel compiled for AVX-512 (F, BW, VL, DQ) + FMA: 16 fp32 lanes, 32 registers.
+// Only this file's functions carry the ISA; linear.cpp calls rows_avx512 only on CPUs that have it.
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 reductions start from _mm512_undefined_ps and warn about it (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "linear_job.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+#endif
+
+namespace fastllm::cpu::avx512 {
+
+struct V {
+  using reg = __m512;
+  static constexpr int L = 16;
+  static constexpr int kRegs = 32;
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static reg load(const uint16_t* p) {  // bf16: the 16 bits are the top half of the fp32
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static reg load(const int8_t* p) {
+    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
+  }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static float hsum(reg a) { return _mm512_reduce_add_ps(a); }
+};
+
+#include "linear_kernel.h"
+
+}  // namespace fastllm::cpu::avx512
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+void fastllm::cpu::rows_avx512(const Job& job, int64_t n0, int64_t n1) { avx512::run_rows(job, n0, n1); }
+#else
+void fastllm::cpu::rows_avx512(const Job&, int64_t, int64_t) {}  // never called: isa() is never "avx512"
+#endif

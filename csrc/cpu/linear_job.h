@@ -1,0 +1,32 @@
+// One call of the small-M linear kernel as the ISA-specific copies see it (plain data only: the
+// copies are compiled with different instruction sets, so nothing with code may be shared in a header).
+#pragma once
+
+#include <cstdint>
+
+#include "linear.h"
+
+namespace fastllm::cpu {
+
+struct Job {
+  const float* x;  // (M, K) fp32, row stride K (bf16 activations are widened before the call); packed
+                   // weights: K is the padded width, the padding columns of x are zeros
+  int64_t M, K;
+  const void* w;  // (N, K) in w_dtype, row stride ldw; or packed int8 tiles, ldw = padded K
+  DType w_dtype;
+  bool packed;
+  int64_t N, ldw;
+  const float* scale;  // (N,) per-row scale of i8 codes
+  const void* bias;    // (N,) in y_dtype, or null
+  void* y;             // (M, N) in y_dtype, row stride ldy
+  DType y_dtype;
+  int64_t ldy;
+};
+
+// Weight rows [n0, n1) (tiles of kPackRows rows when packed) for all M activation rows, one
+// function per instruction set.
+void rows_avx512(const Job& job, int64_t n0, int64_t n1);
+void rows_avx2(const Job& job, int64_t n0, int64_t n1);
+void rows_generic(const Job& job, int64_t n0, int64_t n1);
+
+}  // namespace fastllm::cpu

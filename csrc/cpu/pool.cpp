@@ -1,0 +1,67 @@
+#include "pool.h"
+
+#include <chrono>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FASTLLM_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define FASTLLM_PAUSE() asm volatile("yield")
+#else
+#define FASTLLM_PAUSE() ((void)0)
+#endif
+
+namespace fastllm::cpu {
+
+ThreadPool::ThreadPool(int threads, int spin_us) : spin_us_(spin_us) {
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { work(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_.store(true);
+  }
+  epoch_.fetch_add(1, std::memory_order_release);
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::run(Task task, void* ctx) {
+  if (workers_.empty()) return task(ctx, 0);
+  task_ = task;
+  ctx_ = ctx;
+  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  epoch_.fetch_add(1, std::memory_order_release);  // publishes task_, ctx_, pending_
+  {
+    // A worker that checked the epoch before the bump and is about to sleep holds mu_ until it waits,
+    // so taking mu_ here orders this notify after its wait: no wake-up is lost.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (sleeping_ > 0) wake_.notify_all();
+  }
+  task(ctx, 0);
+  while (pending_.load(std::memory_order_acquire) != 0) FASTLLM_PAUSE();
+}
+
+void ThreadPool::work(int index) {
+  uint64_t seen = 0;
+  for (;;) {
+    auto start = std::chrono::steady_clock::now();
+    for (int spins = 0; epoch_.load(std::memory_order_acquire) == seen; ++spins) {
+      FASTLLM_PAUSE();
+      if ((spins & 255) != 255) continue;
+      if (std::chrono::steady_clock::now() - start < std::chrono::microseconds(spin_us_)) continue;
+      std::unique_lock<std::mutex> lock(mu_);
+      ++sleeping_;
+      wake_.wait(lock, [&] { return stop_ || epoch_.load(std::memory_order_acquire) != seen; });
+      --sleeping_;
+      break;
+    }
+    if (stop_.load()) return;
+    seen = epoch_.load(std::memory_order_acquire);
+    task_(ctx_, index);
+    pending_.fetch_sub(1, std::memory_order_release);
+  }
+}
+
+}  // namespace fastllm::cpu

@@ -1,0 +1,48 @@
+// A small persistent thread pool for the CPU kernels: run(fn, ctx) calls fn(ctx, i) for i in
+// [0, size()), i == 0 on the calling thread, and returns when every call has returned.
+//
+// A decode step calls the kernels a few hundred times per token, tens of microseconds apart, so a
+// worker spins (with pause) for a short while after each task before it sleeps on a condition
+// variable; while the calls keep coming, handing out a task costs one atomic store, not a wake-up.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace fastllm::cpu {
+
+class ThreadPool {
+ public:
+  using Task = void (*)(void* ctx, int index);
+
+  // threads >= 1 counts the caller; spin_us: how long an idle worker spins before it sleeps.
+  explicit ThreadPool(int threads, int spin_us = 2000);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Not reentrant: one run at a time per pool (callers serialize).
+  void run(Task task, void* ctx);
+
+ private:
+  void work(int index);
+
+  std::vector<std::thread> workers_;
+  const int spin_us_;
+  std::atomic<uint64_t> epoch_{0};  // bumped once per run; workers wait for it to change
+  std::atomic<int> pending_{0};     // workers still running the current task
+  Task task_ = nullptr;
+  void* ctx_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable wake_;
+  int sleeping_ = 0;  // guarded by mu_
+  std::atomic<bool> stop_{false};
+};
+
+}  // namespace fastllm::cpu

@@ -1,0 +1,167 @@
+// Unit tests of the CPU small-M linear kernel (csrc/cpu): every instruction set this CPU has, every weight
+// type, row-major and packed int8, odd shapes, 1..11 activation rows, 1..3 threads, against a double-precision
+// reference; and the thread pool on its own.
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "check.h"
+#include "linear.h"
+#include "pool.h"
+
+using fastllm::cpu::DType;
+using fastllm::cpu::kPackCols;
+using fastllm::cpu::kPackRows;
+
+namespace {
+
+uint16_t to_bf16(float f) {  // round to nearest even
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  b += 0x7fffu + ((b >> 16) & 1u);
+  return static_cast<uint16_t>(b >> 16);
+}
+
+float from_bf16(uint16_t h) {
+  const uint32_t b = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+struct Case {
+  int64_t M, N, K;
+  DType x_dtype, w_dtype;
+  bool packed, bias;
+  int threads;
+};
+
+// Runs one case; returns the largest |y - y_ref| / (sum_k |x w| + |bias| + 1e-30) over the outputs.
+double run_case(const Case& c, std::mt19937& rng) {
+  std::normal_distribution<float> normal;
+  const int64_t M = c.M, N = c.N, K = c.K;
+  std::vector<float> x(M * K), w(N * K), bias(N), scale(N, 1.0f);
+  for (auto& v : x) v = normal(rng);
+  for (auto& v : w) v = normal(rng);
+  for (auto& v : bias) v = normal(rng);
+  // what the kernel sees, in its storage types (and the values they hold, for the reference)
+  std::vector<uint16_t> x16(M * K), w16(N * K), b16(N);
+  std::vector<int8_t> w8(N * K);
+  if (c.x_dtype == DType::bf16) {
+    for (int64_t i = 0; i < M * K; ++i) x[i] = from_bf16(x16[i] = to_bf16(x[i]));
+    for (int64_t i = 0; i < N; ++i) bias[i] = from_bf16(b16[i] = to_bf16(bias[i]));
+  }
+  if (c.w_dtype == DType::bf16)
+    for (int64_t i = 0; i < N * K; ++i) w[i] = from_bf16(w16[i] = to_bf16(w[i]));
+  if (c.w_dtype == DType::i8) {
+    for (int64_t n = 0; n < N; ++n) {
+      scale[n] = 0.01f * (1 + n % 7);
+      for (int64_t k = 0; k < K; ++k) {
+        w8[n * K + k] = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+        w[n * K + k] = w8[n * K + k];
+      }
+    }
+  }
+  const int64_t Kp = (K + kPackCols - 1) / kPackCols * kPackCols;
+  const int64_t Np = (N + kPackRows - 1) / kPackRows * kPackRows;
+  std::vector<int8_t> packed(Np * Kp, 0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      packed[((n / kPackRows) * (Kp / kPackCols) + k / kPackCols) * (kPackRows * kPackCols) +
+             (n % kPackRows) * kPackCols + k % kPackCols] = w8[n * K + k];
+
+  fastllm::cpu::LinearArgs a;
+  a.x = c.x_dtype == DType::f32 ? static_cast<const void*>(x.data()) : x16.data();
+  a.x_dtype = c.x_dtype;
+  a.M = M, a.K = K, a.ldx = K;
+  a.w = c.w_dtype == DType::f32 ? static_cast<const void*>(w.data())
+        : c.w_dtype == DType::bf16 ? static_cast<const void*>(w16.data())
+        : c.packed ? static_cast<const void*>(packed.data()) : w8.data();
+  a.w_dtype = c.w_dtype;
+  a.w_packed = c.packed;
+  a.N = N, a.ldw = K;
+  a.scale = scale.data();
+  a.bias = !c.bias ? nullptr : c.x_dtype == DType::f32 ? static_cast<const void*>(bias.data()) : b16.data();
+  std::vector<float> y(M * N, NAN);
+  std::vector<uint16_t> y16(M * N, 0xffff);
+  a.y = c.x_dtype == DType::f32 ? static_cast<void*>(y.data()) : y16.data();
+  a.ldy = N;
+  fastllm::cpu::linear(a, c.threads);
+
+  double worst = 0;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      double ref = 0, mag = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double p = static_cast<double>(x[m * K + k]) * w[n * K + k] * scale[n];
+        ref += p;
+        mag += std::fabs(p);
+      }
+      if (c.bias) ref += bias[n], mag += std::fabs(bias[n]);
+      const double got = c.x_dtype == DType::f32 ? y[m * N + n] : from_bf16(y16[m * N + n]);
+      const double err = std::fabs(got - ref) / (mag + 1e-30);
+      worst = std::isnan(got) ? 1e30 : std::max(worst, err);
+    }
+  }
+  return worst;
+}
+
+void test_linear() {
+  std::mt19937 rng(1234);
+  const char* isas[] = {"avx512", "avx2", "generic"};
+  int tested = 0;
+  for (const char* isa : isas) {
+    if (!fastllm::cpu::force_isa(isa)) continue;
+    ++tested;
+    for (int64_t M : {1, 2, 3, 4, 5, 8, 9, 11})
+      for (DType xd : {DType::f32, DType::bf16})
+        for (int variant = 0; variant < 4; ++variant) {  // f32, bf16, i8 row-major, i8 packed weights
+          const DType wd = variant == 0 ? DType::f32 : variant == 1 ? DType::bf16 : DType::i8;
+          for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 19}, {203, 130}, {9, 64}, {1, 1}, {70, 257}}) {
+            const Case c{M, N, K, xd, wd, variant == 3, (M + N) % 2 == 0, 1 + static_cast<int>((M + K) % 3)};
+            const double err = run_case(c, rng);
+            // fp32 sums of <= 257 terms: relative to sum |terms|, a few ulps; bf16 output: its rounding
+            const double tol = xd == DType::f32 ? 2e-6 : 1.0 / 256;
+            if (err > tol)
+              std::fprintf(stderr, "  %s M=%lld N=%lld K=%lld x=%d w=%d packed=%d: rel err %g\n", isa,
+                           static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K),
+                           static_cast<int>(xd), static_cast<int>(wd), variant == 3, err);
+            CHECK(err <= tol);
+          }
+        }
+  }
+  CHECK(tested >= 1);
+  CHECK(fastllm::cpu::force_isa(""));
+  CHECK(!fastllm::cpu::force_isa("no-such-isa"));
+}
+
+void test_pool() {
+  for (int threads : {1, 2, 3, 5}) {
+    fastllm::cpu::ThreadPool pool(threads, 50);
+    CHECK(pool.size() == threads);
+    std::vector<std::atomic<int>> hits(threads);
+    for (int run = 0; run < 2000; ++run) {
+      pool.run([](void* ctx, int i) { (*static_cast<std::vector<std::atomic<int>>*>(ctx))[i].fetch_add(1); },
+               &hits);
+      if (run == 1000) {  // let the workers fall asleep, then wake them
+        const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(5);
+        while (std::chrono::steady_clock::now() < until) {
+        }
+      }
+    }
+    for (int i = 0; i < threads; ++i) CHECK(hits[i].load() == 2000);
+  }
+}
+
+}  // namespace
+
+int main() {
+  test_linear();
+  test_pool();
+  if (g_failures) std::fprintf(stderr, "%d checks failed\n", g_failures);
+  return g_failures ? 1 : 0;
+}

@@ -1,0 +1,135 @@
+"""Launchers of the C++ small-M linear kernels (csrc/cpu/linear.h): validation, then raw pointers to `fastllm._cpu`.
+
+The kernels stream each weight tile once for all M activation rows (decode: M = batch), widen the weights to fp32
+in registers (fp32 and bf16 weights in nn.Linear's (N, K) layout; int8 codes times a per-row scale in the packed
+layout of `fastllm.kernels.reference.linear`) and split the rows over a pool of threads. They exist for the
+memory-bound decode step; with more rows torch's GEMM is faster (MAX_M, MAX_M_PACKED). Everything the C++ side reads
+is checked here first: it trusts the pointers and sizes it is given.
+"""
+
+import contextlib
+
+import torch
+
+from fastllm import _cpu
+from fastllm.kernels.reference.linear import PACK_COLS, PACK_ROWS, packed_shape
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+X_DTYPES = (torch.float32, torch.bfloat16)
+# Most activation rows the model layer sends to each kernel; with more, torch's GEMM (on the dequantized weight for
+# int8) wins on the CPUs measured (benches/bench_linear.py).
+MAX_M = 8
+MAX_M_PACKED = 16
+assert (_cpu.PACK_ROWS, _cpu.PACK_COLS) == (PACK_ROWS, PACK_COLS), "csrc/cpu/linear.h and reference disagree"
+
+
+_threads: int | None = None  # the kernel's thread count inside `decode_threads`; None: torch's
+
+
+def threads() -> int:
+    """Threads a kernel call runs on: torch's intra-op count, or the count `decode_threads` set aside."""
+    return _threads or torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def decode_threads():
+    """Runs the block with torch's intra-op pool at one thread and fastllm's CPU kernels on the threads torch had.
+
+    An int8 decode step is a chain of small torch ops around the kernel calls. torch's OpenMP workers spin for a
+    while after every op and take the cores the kernel's workers need: GPT-2 124M int8 at batch 1 ran at 30 ms
+    per token with both pools live, 13 ms with torch's workers passive (OMP_WAIT_POLICY=passive). At decode sizes
+    the torch ops lose little on one thread, so the engine runs int8 decode steps inside this block.
+    """
+    global _threads
+    outer, torch_threads = _threads, torch.get_num_threads()
+    _threads = outer or torch_threads
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        _threads = outer
+
+
+def isa() -> str:
+    """The instruction set the kernel uses on this CPU: 'avx512', 'avx2' or 'generic'."""
+    return _cpu.isa()
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `linear(x, weight, bias)` is the fast path: CPU tensors, fp32 or bf16, one dtype, <= MAX_M rows."""
+    return (
+        x.is_cpu
+        and weight.is_cpu
+        and x.dtype == weight.dtype
+        and x.dtype in X_DTYPES
+        and x.numel() <= MAX_M * x.shape[-1]
+    )
+
+
+def _fail(msg: str):
+    raise ValueError(f"fastllm.kernels.cpu: {msg}")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., K) @ weight (N, K)^T + bias -> (..., N), fp32 or bf16 (one dtype for all), accumulated in fp32."""
+    code = DTYPE_CODES.get(x.dtype)
+    if code is None or code == 2 or not x.is_cpu:
+        _fail(f"x must be a float32 or bfloat16 CPU tensor, got {x.dtype} on {x.device}")
+    if weight.dtype != x.dtype or weight.dim() != 2 or not weight.is_cpu or weight.shape[1] != x.shape[-1]:
+        _fail(f"weight must be (N, K={x.shape[-1]}) {x.dtype} on the CPU, got {tuple(weight.shape)} {weight.dtype} "
+              f"on {weight.device}")  # fmt: skip
+    N, K = weight.shape
+    if bias is not None:
+        if bias.dtype != x.dtype or bias.shape != (N,) or not bias.is_cpu:
+            _fail(f"bias must be ({N},) {x.dtype} on the CPU, got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
+        bias = bias.contiguous()
+    if weight.stride(1) != 1 or weight.stride(0) < K:
+        weight = weight.contiguous()
+    x2 = x.reshape(-1, K).contiguous()  # (M, K)
+    M = x2.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype)  # (M, N)
+    if M and N:
+        _cpu.linear(
+            x2.data_ptr(), code, M, K, K, weight.data_ptr(), code, False, N, weight.stride(0), 0,
+            0 if bias is None else bias.data_ptr(), y.data_ptr(), N, _threads or torch.get_num_threads(),
+        )  # fmt: skip
+    return y.view(*x.shape[:-1], N)
+
+
+# ---- packed int8 (layout: fastllm.kernels.reference.linear) ----------------------------------------------------
+
+
+def linear_int8_packed(
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x (..., K) fp32|bf16 @ (codes * scale[:, None])^T + bias -> (..., N) in x's dtype, codes packed by
+    `pack_int8`, N = scale.shape[0]. Any number of rows (meant for few: decode).
+
+    A decode step calls this ~50 times per token, so the checks are written for speed (a few microseconds); they
+    are complete all the same: the C++ side trusts every pointer and size it gets.
+    """
+    code = DTYPE_CODES.get(x.dtype)
+    if code is None or code == 2 or not x.is_cpu:
+        _fail(f"x must be a float32 or bfloat16 CPU tensor, got {x.dtype} on {x.device}")
+    if scale.dtype != torch.float32 or scale.dim() != 1 or not scale.is_cpu or not scale.is_contiguous():
+        got = f"{tuple(scale.shape)} {scale.dtype} on {scale.device}"
+        _fail(f"scale must be (N,) contiguous float32 on the CPU, got {got}")
+    N, K = scale.shape[0], x.shape[-1]
+    if packed.dtype != torch.int8 or packed.shape != packed_shape(N, K) or not packed.is_cpu:
+        _fail(f"packed weight for ({N}, {K}) must be {packed_shape(N, K)} int8 on the CPU, got {tuple(packed.shape)} "
+              f"{packed.dtype} on {packed.device}")  # fmt: skip
+    if bias is not None:
+        if bias.dtype != x.dtype or bias.shape != (N,) or not bias.is_cpu:
+            _fail(f"bias must be ({N},) {x.dtype} on the CPU, got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
+        bias = bias.contiguous()
+    packed = packed.contiguous()
+    x2 = x.reshape(-1, K).contiguous()  # (M, K)
+    M = x2.shape[0]
+    y = torch.empty(M, N, dtype=x.dtype)  # (M, N)
+    if M and N:
+        _cpu.linear(
+            x2.data_ptr(), code, M, K, K, packed.data_ptr(), 2, True, N, 0, scale.data_ptr(),
+            0 if bias is None else bias.data_ptr(), y.data_ptr(), N, _threads or torch.get_num_threads(),
+        )  # fmt: skip
+    return y.view(*x.shape[:-1], N)

@@ -1,0 +1,55 @@
+"""Int8 weight-only linear layers, reference side: the quantizer, the packed layout, the dequantizing linear.
+
+Weights are quantized per output row, symmetric: codes in [-127, 127] and one fp32 scale per row (max |w| / 127),
+w ~= codes * scale. The codes are stored packed for the CPU kernel (csrc/cpu/linear.h): zero-padded to whole tiles
+of PACK_ROWS rows and PACK_COLS columns, each tile's (PACK_ROWS, PACK_COLS) blocks one after the other, so a tile
+is one sequential run of memory. Everything here is plain torch and runs on any device; it is the oracle of the
+kernel and the path for devices and row counts the kernel does not take.
+"""
+
+import torch
+import torch.nn.functional as F
+
+PACK_ROWS, PACK_COLS = 8, 64
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (N, K) float -> codes (N, K) int8 in [-127, 127], scale (N,) fp32, weight ~= codes * scale[:, None].
+    scale = max |row| / 127 (1 for an all-zero row); codes round to nearest."""
+    w = weight.detach().float()  # (N, K)
+    amax = w.abs().amax(dim=1)  # (N,)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))  # (N,)
+    codes = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (N, K)
+    return codes, scale
+
+
+def packed_shape(N: int, K: int) -> tuple[int, int, int, int]:
+    return (-(-N // PACK_ROWS), -(-K // PACK_COLS), PACK_ROWS, PACK_COLS)
+
+
+def pack_int8(codes: torch.Tensor) -> torch.Tensor:
+    """codes (N, K) int8 -> packed (ceil(N / 8), ceil(K / 64), 8, 64) int8, zero-padded."""
+    if codes.dtype != torch.int8 or codes.dim() != 2:
+        raise ValueError(f"pack_int8: expected (N, K) int8 codes, got {tuple(codes.shape)} {codes.dtype}")
+    N, K = codes.shape
+    T, C, R, W = packed_shape(N, K)
+    padded = torch.zeros(T * R, C * W, dtype=torch.int8, device=codes.device)  # (Np, Kp)
+    padded[:N, :K] = codes
+    return padded.view(T, R, C, W).transpose(1, 2).contiguous()  # (T, C, R, W)
+
+
+def unpack_int8(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """The (N, K) int8 codes of a `pack_int8` result."""
+    T, C, R, W = packed.shape
+    return packed.transpose(1, 2).reshape(T * R, C * W)[:N, :K]
+
+
+def dequantize_int8(packed: torch.Tensor, scale: torch.Tensor, K: int) -> torch.Tensor:
+    """The fp32 weight (N, K) = codes * scale[:, None] of a packed int8 weight, N = scale.shape[0]."""
+    return unpack_int8(packed, scale.shape[0], K).float() * scale.float()[:, None]
+
+
+def int8_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """x (..., K) @ (codes * scale[:, None])^T + bias -> (..., N) in x's dtype, computed in fp32."""
+    w = dequantize_int8(packed, scale, x.shape[-1])  # (N, K)
+    return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
