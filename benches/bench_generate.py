@@ -10,6 +10,11 @@ decisive), saved with `save_pretrained` and read back by `fastllm.load`. Greedy 
   fp32 the greedy tokens must equal transformers' token for token; in bf16 the fraction that matches is recorded.
   extra_info: ms per decode step, tokens/s (batch x steps / time), and the bandwidth bound: weight bytes read per
   step / the memory bandwidth measured in the same session (`memory_bandwidth`), with the fraction of it reached.
+- "fastllm-int8" and "fastllm-int8-compile": the same model after `fastllm.quant.quantize` (int8 weight-only
+  linears, per-row scales, fastllm's C++ kernel); greedy tokens are compared with transformers' fp32 ones and the
+  match fraction recorded (int8 weights change some choices). The bound counts the int8 bytes.
+- `test_int8_perplexity`: the accuracy cost of int8 weights, as the perplexity change of the bundled model (trained
+  on real English) on 16k tokens of the English and Python corpora.
 - `test_generate_swa_mla`: the SWA-MLA 262M preset (sliding-window and MLA layers, ring-buffer and latent caches),
   random weights, bf16, batch 1, prompt 512: ms per decode step for fastllm eager and compiled.
 
@@ -19,6 +24,9 @@ Run with `pytest benches/bench_generate.py --benchmark`.
 """
 
 import functools
+import itertools
+import math
+import os
 import statistics
 import time
 
@@ -28,6 +36,7 @@ import torch
 import fastllm
 from fastllm import engine
 from fastllm.models import ModelConfig, Transformer
+from fastllm.quant import quantize
 
 NEW_TOKENS = 128
 GREEDY = engine.SamplingParams(temperature=0)
@@ -39,6 +48,8 @@ CASES = [  # (dtype, prompt length, batch)
     ("bfloat16", 16, 1),
     ("bfloat16", 16, 8),
 ]
+PROVIDERS = ["transformers", "fastllm", "fastllm-compile", "fastllm-int8", "fastllm-int8-compile"]
+INT8_CASES = [("float32", 16, 1), ("float32", 16, 8), ("bfloat16", 16, 1)]  # int8 providers run these
 _RESULTS: dict[tuple, dict] = {}  # case -> provider -> (ms per step, tokens)
 
 
@@ -55,8 +66,17 @@ def memory_bandwidth() -> float:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes of parameters one decode step reads (a tied embedding counts once: the head reads it)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes one decode step reads: every parameter and buffer (int8 codes and scales), except embedding tables that
+    only serve lookups of a few rows; a table tied to the LM head is read whole by it and counts, once."""
+    head = getattr(model.lm_head, "weight", None)
+    seen, total = set(), 0
+    for m in model.modules():
+        for t in itertools.chain(m.parameters(recurse=False), m.buffers(recurse=False)):
+            if id(t) in seen or (isinstance(m, torch.nn.Embedding) and t is not head):
+                continue
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +118,9 @@ def runner(provider: str, path, dtype):
         return run, hf
     model, _ = fastllm.load(path)
     model = model.to(dtype).eval()
-    compile_ = provider == "fastllm-compile"
+    if "int8" in provider:
+        quantize(model)
+    compile_ = provider.endswith("-compile")
 
     def run(ids, n):
         out, _ = engine.generate(model, list(ids), n, sampling=GREEDY, compile=compile_)
@@ -107,9 +129,12 @@ def runner(provider: str, path, dtype):
     return run, model
 
 
-@pytest.mark.parametrize("provider", ["transformers", "fastllm", "fastllm-compile"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype,prompt,batch", CASES)
-def test_generate_gpt2(bench, gpt2_dir, dtype, prompt, batch, provider):
+def test_generate_gpt2(bench, gpt2_dir, dtype, prompt, batch, provider, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the dispatch users get on a CPU
+    if "int8" in provider and (dtype, prompt, batch) not in INT8_CASES:
+        pytest.skip("int8 providers run INT8_CASES only (suite time)")
     run, model = runner(provider, gpt2_dir, DTYPES[dtype])
     ids = prompts(prompt, batch)
     case = (dtype, prompt, batch)
@@ -120,7 +145,7 @@ def test_generate_gpt2(bench, gpt2_dir, dtype, prompt, batch, provider):
         want = results["transformers"]["tokens"]
         match = (got == want).double().mean().item()
         bench.extra_info["greedy_match"] = round(match, 4)
-        if dtype == "float32":
+        if dtype == "float32" and "int8" not in provider:
             assert got.tolist() == want.tolist(), f"{provider}: greedy tokens differ from transformers ({match:.1%})"
 
     shape = f"GPT-2 124M, prompt {prompt}, batch {batch}, {NEW_TOKENS} new tokens, greedy"
@@ -177,3 +202,40 @@ def test_generate_swa_mla(bench, provider):
     info["bound_fraction"] = round(bound_s / step_s, 3)
     bench.extra_info.update(info)
     bench.row(bench="generate_swa_mla", provider=provider, dtype="bfloat16", prompt=512, batch=1, **info)
+
+
+def perplexity(model, ids: torch.Tensor, window: int = 256) -> float:
+    """exp(mean next-token NLL) over non-overlapping windows of a token stream."""
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, ids.numel() - 1, window):
+            chunk = ids[s : s + window + 1][None]
+            logits = model(chunk[:, :-1]).float()
+            nll += torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum").item()
+            count += chunk.shape[1] - 1
+    return math.exp(nll / count)
+
+
+@pytest.mark.parametrize("corpus", ["english_kjv.txt", "python_stdlib.txt"])
+def test_int8_perplexity(bench, corpus, monkeypatch):
+    """The accuracy cost of int8 weights: perplexity of the bundled model (trained on real English) on 16k tokens of
+    a ../shared corpus, fp32 weights against int8 weight-only (fastllm.quant). Not timed."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from conftest import SHARED
+
+    path = os.path.join(SHARED, "corpora", corpus)
+    if not os.path.exists(path):
+        pytest.skip("../shared/corpora not found beside the checkout")
+    model, tok = fastllm.load(os.path.join(os.path.dirname(fastllm.__file__), "assets", "default"), dtype=torch.float32)
+    with open(path, encoding="utf-8") as f:
+        ids = torch.tensor(tok.encode_ordinary(f.read(150_000))[:16384])
+    base = perplexity(model.eval(), ids)
+    qmodel = quantize(model)
+    q = bench(perplexity, qmodel, ids, rounds=1, warmup_rounds=0)  # timed: the int8 model's prefill passes
+    info = dict(
+        tokens=ids.numel(), ppl_fp32=round(base, 4), ppl_int8=round(q, 4), ppl_delta_pct=round(100 * (q / base - 1), 3)
+    )
+    bench.info(provider="fastllm-int8", shape=f"bundled model, {corpus}", dtype="float32")
+    bench.extra_info.update(info)
+    bench.row(bench="int8_perplexity", corpus=corpus, **info)
+    assert abs(q / base - 1) < 0.02, info

@@ -40,6 +40,7 @@ if not torch.cuda.is_available():
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != REPO]
 SHARED = Path(os.environ.get("FASTLLM_SHARED", REPO.parent / "shared"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches import helpers from each other (importlib mode)
 CORPORA = SHARED / "corpora"
 
 
