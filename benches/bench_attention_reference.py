@@ -3,9 +3,15 @@
 Providers: "reference" is `fastllm.kernels.reference.sliding_window_attention` (query blocks against their key
 band); "torch" is the dense baseline, SDPA over the full (T, T) grid with an explicit window mask, whose time per
 token grows with T. Both are checked against each other before timing. extra_info carries the time per token
-(us_per_token) and the useful attention throughput (GFLOP/s over the 4 * T * W * H * D multiply-adds in the band).
+(us_per_token), the useful attention throughput (GFLOP/s over the 4 * T * W * H * D multiply-adds in the band), the
+peak memory one call adds (peak_mb: max RSS of a fresh process during the call minus its RSS before it; the
+reference's grows with T * W, the dense baseline's with T^2) and the speedup over the dense baseline.
 Run with `pytest benches/bench_attention_reference.py --benchmark`.
 """
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -31,11 +37,39 @@ def inputs(T):
     return [torch.randn(1, T, h, D, generator=g) for h in (H, HKV, HKV)]
 
 
-@pytest.mark.parametrize("provider", ["reference", "torch"])
+_PEAK_SCRIPT = """
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+from bench_attention_reference import SINK, WINDOW, dense_baseline, inputs, sliding_window_attention
+provider, T = sys.argv[2], int(sys.argv[3])
+q, k, v = inputs(T)
+with open("/proc/self/statm") as f:
+    before = int(f.read().split()[1]) * resource.getpagesize()
+if provider == "reference":
+    sliding_window_attention(q, k, v, WINDOW, sink_tokens=SINK)
+else:
+    dense_baseline(q, k, v, WINDOW, SINK)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)  # ru_maxrss: KiB on Linux
+"""
+
+
+def peak_mb(provider: str, T: int) -> float:
+    """MB of memory one call adds at its peak (max RSS during the call minus RSS before it), in a fresh process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, here, provider, str(T)], capture_output=True, text=True, timeout=600
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"peak memory run failed: {out.stderr[-2000:]}")
+    return int(out.stdout.split()[-1]) / 1e6
+
+
+_MEDIANS: dict[int, dict[str, float]] = {}
+
+
+@pytest.mark.parametrize("provider", ["torch", "reference"])
 @pytest.mark.parametrize("T", [1024, 2048, 4096, 8192])
 def test_swa_reference_scaling(bench, T, provider):
-    if provider == "torch" and T > 4096:
-        pytest.skip("the dense baseline needs a T x T score matrix per head")
     q, k, v = inputs(T)
     if provider == "torch" or T == 1024:  # equivalence first
         ref = sliding_window_attention(q, k, v, WINDOW, sink_tokens=SINK)
@@ -49,5 +83,12 @@ def test_swa_reference_scaling(bench, T, provider):
     if bench.median_s is not None:
         us_per_token = 1e6 * bench.median_s / T
         gflops = 4 * T * WINDOW * H * D / bench.median_s / 1e9  # multiply-adds inside the band only
-        bench.extra_info.update(us_per_token=round(us_per_token, 2), gflops=round(gflops, 2))
-        bench.row(bench="swa_reference", provider=provider, T=T, us_per_token=round(us_per_token, 2))
+        info = dict(
+            us_per_token=round(us_per_token, 2), gflops=round(gflops, 2), peak_mb=round(peak_mb(provider, T), 1)
+        )
+        medians = _MEDIANS.setdefault(T, {})
+        medians[provider] = bench.median_s
+        if provider == "reference" and "torch" in medians:
+            info["speedup_vs_torch"] = round(medians["torch"] / bench.median_s, 2)
+        bench.extra_info.update(info)
+        bench.row(bench="swa_reference", provider=provider, T=T, **info)
