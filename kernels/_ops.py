@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fastllm.kernels import _dispatch
+from fastllm.kernels import cpu as _cpu
 from fastllm.kernels.reference.attention import sliding_window_attention as _swa_ref
 from fastllm.kernels.reference.attention import sliding_window_attention_backward as _swa_bwd_ref
 from fastllm.kernels.reference.attention import swa_decode as _swa_decode_ref
@@ -387,10 +388,8 @@ int8_linear = torch.ops.fastllm.int8_linear
 
 
 def _linear_cpu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    from fastllm.kernels import cpu
-
-    if cpu.supports(x, weight) and _dispatch.use_cpu_kernel("linear", x.device):
-        return cpu.linear(x, weight, bias)
+    if _cpu.supports(x, weight) and _dispatch.use_cpu_kernel("linear", x.device):
+        return _cpu.linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 

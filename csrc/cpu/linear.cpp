@@ -52,16 +52,21 @@ std::atomic<int> current_isa{best_isa()};
 // would cost more than it saves.
 constexpr int64_t kMinWeightsPerThread = 1 << 16;
 
+// The work of one call in chunks of `chunk` items, taken from `next` by whichever thread is free.
 struct Split {
   const Job* job;
   RowsFn rows;
-  int64_t N, per_thread;
+  int64_t items, chunk;
+  std::atomic<int64_t> next{0};
 };
 
-void run_share(void* ctx, int i) {
-  const Split& s = *static_cast<const Split*>(ctx);
-  const int64_t n0 = std::min(s.N, i * s.per_thread), n1 = std::min(s.N, n0 + s.per_thread);
-  if (n0 < n1) s.rows(*s.job, n0, n1);
+void run_chunks(void* ctx, int) {
+  Split& s = *static_cast<Split*>(ctx);
+  for (;;) {
+    const int64_t n0 = s.next.fetch_add(1, std::memory_order_relaxed) * s.chunk;
+    if (n0 >= s.items) return;
+    s.rows(*s.job, n0, std::min(s.items, n0 + s.chunk));
+  }
 }
 
 // The process-wide pool, rebuilt when the thread count changes or in a forked child (whose copy of the
@@ -122,18 +127,20 @@ void linear(const LinearArgs& a, int threads) {
   }
   const Job job{x, a.M, K, a.w, a.w_dtype, packed, a.N, packed ? K : a.ldw, a.scale, a.bias, a.y, a.x_dtype, a.ldy};
   const RowsFn rows = isa_table(current_isa.load()).rows;
-  // Work items: rows, or tiles of kPackRows rows when packed; shares of whole items, a multiple of 8
-  // rows, so only the last tile of a share can be partial.
+  // Work items: rows, or tiles of kPackRows rows when packed.
   const int64_t items = packed ? (a.N + kPackRows - 1) / kPackRows : a.N;
   const int64_t work_threads =
       std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(1, a.N * a.K / kMinWeightsPerThread));
   if (work_threads <= 1) return rows(job, 0, items);
+  // kChunksPerThread chunks per thread balance a loaded machine (a descheduled worker holds at most one
+  // chunk); row chunks are multiples of 8 rows so that only a chunk's last tile can be partial.
+  constexpr int64_t kChunksPerThread = 8;
   const int64_t align = packed ? 1 : 8;
-  const int64_t per_thread = ((items + work_threads - 1) / work_threads + align - 1) / align * align;
-  Split split{&job, rows, items, per_thread};
+  const int64_t chunk = ((items + work_threads * kChunksPerThread - 1) / (work_threads * kChunksPerThread) + align - 1) / align * align;
+  Split split{&job, rows, items, chunk};
   std::lock_guard<std::mutex> lock(pool_mu);
   ThreadPool& p = pool_for(std::max(threads, 1));
-  p.run(run_share, &split);
+  p.run(run_chunks, &split);
 }
 
 }  // namespace fastllm::cpu

@@ -29,10 +29,10 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::run(Task task, void* ctx) {
   if (workers_.empty()) return task(ctx, 0);
-  task_ = task;
-  ctx_ = ctx;
-  pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-  epoch_.fetch_add(1, std::memory_order_release);  // publishes task_, ctx_, pending_
+  task_.store(task);
+  ctx_.store(ctx);
+  finished_.store(false);
+  epoch_.fetch_add(1);  // seq_cst: publishes task_, ctx_, finished_
   {
     // A worker that checked the epoch before the bump and is about to sleep holds mu_ until it waits,
     // so taking mu_ here orders this notify after its wait: no wake-up is lost.
@@ -40,7 +40,15 @@ void ThreadPool::run(Task task, void* ctx) {
     if (sleeping_ > 0) wake_.notify_all();
   }
   task(ctx, 0);
-  while (pending_.load(std::memory_order_acquire) != 0) FASTLLM_PAUSE();
+  // Close the run, then wait for the workers inside it. A worker joins by incrementing active_ before
+  // it reads finished_ (both seq_cst): either it sees finished_ and stays out, or this loop sees it.
+  finished_.store(true);
+  for (int spins = 0; active_.load() != 0; ++spins) {
+    if (spins < 4096)
+      FASTLLM_PAUSE();
+    else
+      std::this_thread::yield();  // a descheduled worker needs this core to finish its chunk
+  }
 }
 
 void ThreadPool::work(int index) {
@@ -53,14 +61,17 @@ void ThreadPool::work(int index) {
       if (std::chrono::steady_clock::now() - start < std::chrono::microseconds(spin_us_)) continue;
       std::unique_lock<std::mutex> lock(mu_);
       ++sleeping_;
-      wake_.wait(lock, [&] { return stop_ || epoch_.load(std::memory_order_acquire) != seen; });
+      wake_.wait(lock, [&] { return stop_.load() || epoch_.load(std::memory_order_acquire) != seen; });
       --sleeping_;
       break;
     }
     if (stop_.load()) return;
-    seen = epoch_.load(std::memory_order_acquire);
-    task_(ctx_, index);
-    pending_.fetch_sub(1, std::memory_order_release);
+    seen = epoch_.load();
+    active_.fetch_add(1);
+    // task_ and ctx_ are those of the run now open, if any (the caller changes them only while no
+    // worker is active); a worker late for its run may so join the next one, which is just as good.
+    if (!finished_.load()) task_.load()(ctx_.load(), index);
+    active_.fetch_sub(1);
   }
 }
 

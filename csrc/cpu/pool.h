@@ -1,5 +1,8 @@
-// A small persistent thread pool for the CPU kernels: run(fn, ctx) calls fn(ctx, i) for i in
-// [0, size()), i == 0 on the calling thread, and returns when every call has returned.
+// A small persistent thread pool for the CPU kernels. run(task, ctx) calls task(ctx, 0) on the calling
+// thread and task(ctx, i) on every worker that joins in time, and returns once the caller's call has
+// returned and no worker is inside the task. Workers are optional helpers: the task must split its
+// work dynamically (e.g. chunks taken from an atomic counter), so that the caller finishes it alone
+// when a worker is descheduled (a loaded machine) instead of waiting for its static share.
 //
 // A decode step calls the kernels a few hundred times per token, tens of microseconds apart, so a
 // worker spins (with pause) for a short while after each task before it sleeps on a condition
@@ -20,7 +23,7 @@ class ThreadPool {
   using Task = void (*)(void* ctx, int index);
 
   // threads >= 1 counts the caller; spin_us: how long an idle worker spins before it sleeps.
-  explicit ThreadPool(int threads, int spin_us = 2000);
+  explicit ThreadPool(int threads, int spin_us = 500);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -35,10 +38,11 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   const int spin_us_;
-  std::atomic<uint64_t> epoch_{0};  // bumped once per run; workers wait for it to change
-  std::atomic<int> pending_{0};     // workers still running the current task
-  Task task_ = nullptr;
-  void* ctx_ = nullptr;
+  std::atomic<uint64_t> epoch_{0};    // bumped once per run; workers wait for it to change
+  std::atomic<int> active_{0};        // workers between "joining" and leaving a run
+  std::atomic<bool> finished_{true};  // the caller is done with the current run: no more joiners
+  std::atomic<Task> task_{nullptr};
+  std::atomic<void*> ctx_{nullptr};
   std::mutex mu_;
   std::condition_variable wake_;
   int sleeping_ = 0;  // guarded by mu_
