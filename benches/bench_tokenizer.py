@@ -397,7 +397,7 @@ def test_load(bench, provider, encoding):
 
 @lru_cache(maxsize=None)
 def fastllm_json(encoding: str) -> str:
-    """A tokenizer.json written by fastllm's Tokenizer.save (cl100k: 233k merges, one per pair of tokens)."""
+    """A tokenizer.json written by fastllm's Tokenizer.save (cl100k: 100k merges, one per token BPE builds)."""
     from fastllm.tokenizer import Tokenizer
 
     path = TMP / f"fastllm_{encoding}.json"

@@ -263,6 +263,7 @@ struct PieceCache {
   uint32_t epoch = 0;
   Entry entries[kSlots];
   BacktrackScratch backtrack;  // the same thread's working memory for long pieces
+  bool linear_short = false;   // this call's short pieces take the linear path too (encode_ordinary)
 
   static PieceCache& get() {
     thread_local std::unique_ptr<PieceCache> cache(new PieceCache());
@@ -299,7 +300,8 @@ inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, 
     return;
   }
   size_t before = out.size();
-  merge_small(p, n, out);  // short and in L1: faster than the linear path's large tables
+  if (n > kScanOnly && cache.linear_short) merge_backtrack(*backtrack_, p, n, cache.backtrack, out);
+  else merge_small(p, n, out);
   size_t count = out.size() - before;
   if (count <= PieceCache::kMaxIds) {
     e.epoch = cache.epoch;
@@ -318,6 +320,16 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out)
   pretokenizer_->split(text, spans);
   PieceCache& cache = PieceCache::get();
   cache.begin_call();
+  // Pieces of 13 to 24 bytes that miss the cache take the linear path too when this text keeps its tables
+  // in the caches (a quarter of its bytes or more in long pieces: text without spaces, CJK): then it is
+  // faster than the scan, whose hash lookups miss. In other text (code) the scan is.
+  cache.linear_short = false;
+  if (backtrack_built_.load(std::memory_order_acquire) && backtrack_ != nullptr) {
+    size_t long_bytes = 0;
+    for (const Span& s : spans)
+      if (s.second - s.first > PieceCache::kMaxBytes) long_bytes += s.second - s.first;
+    cache.linear_short = long_bytes * 4 >= text.size();
+  }
   out.reserve(out.size() + spans.size() + spans.size() / 4);
   // Most pieces are whole tokens, so the cost is one hash lookup each: hash a block of pieces and
   // prefetch their slots first, so that the cache misses of a block overlap.
@@ -398,17 +410,41 @@ void CoreBPE::decode(const uint32_t* ids, size_t n, std::string& out) const {
 // ==== Merges of a ranks vocabulary ====
 
 CoreBPE::Merges CoreBPE::merges() const {
-  Merges result;
   if (uses_merges_) return merges_list_;
-  // tiktoken: any two adjacent tokens whose bytes concatenate to token t merge, with t's rank as
-  // priority. List every such split of every token, by rank, then by split position.
+  // tiktoken merges any two adjacent parts that make a token, but a merge a + b -> t happens in a text
+  // only as the last merge of BPE on t's own bytes: the merges inside t's bytes never depend on what
+  // surrounds them, so they are those of t alone. That split is what BPE of t's bytes without t itself
+  // ends in, when it ends in two parts (else BPE never builds t). Listed by t's rank, these splits are an
+  // HF merges list that gives exactly tiktoken's ids (with ignore_merges for the tokens it never builds).
+  Merges result;
+  struct Part {
+    uint32_t start, id, rank;  // rank: of merging with the next part, kNoToken if they do not merge
+  };
+  std::vector<Part> parts;
   for (uint32_t id = 0; id < tokens_.size(); ++id) {
     if (!has_id(id) || tokens_[id].special || tokens_[id].len < 2) continue;
     std::string_view t = token_bytes(id);
-    for (size_t k = 1; k < t.size(); ++k) {
-      uint32_t a = ordinary_.find(t.data(), k), b = ordinary_.find(t.data() + k, t.size() - k);
-      if (a != BytesMap::kMissing && b != BytesMap::kMissing) result.push_back({a, b});
+    parts.clear();
+    for (size_t k = 0; k < t.size(); ++k)
+      parts.push_back(Part{static_cast<uint32_t>(k), byte_id_[static_cast<unsigned char>(t[k])], kNoToken});
+    parts.push_back(Part{static_cast<uint32_t>(t.size()), 0, kNoToken});  // a sentinel: where the last part ends
+    auto update = [&](size_t k) {
+      uint32_t r = k + 2 < parts.size() ? ordinary_.find(t.data() + parts[k].start, parts[k + 2].start - parts[k].start)
+                                        : kNoToken;
+      parts[k].rank = r == id ? kNoToken : r;  // (BytesMap::kMissing is kNoToken)
+    };
+    for (size_t k = 0; k + 2 < parts.size(); ++k) update(k);
+    while (parts.size() > 3) {
+      size_t best = 0;
+      for (size_t k = 1; k + 2 < parts.size(); ++k)
+        if (parts[k].rank < parts[best].rank) best = k;
+      if (parts[best].rank == kNoToken) break;
+      parts[best].id = parts[best].rank;
+      parts.erase(parts.begin() + static_cast<long>(best) + 1);
+      update(best);
+      if (best > 0) update(best - 1);
     }
+    if (parts.size() == 3) result.push_back({parts[0].id, parts[1].id});
   }
   return result;
 }

@@ -122,7 +122,7 @@ class CoreBPE {
   static std::unique_ptr<CoreBPE> from_merge_text(Vocab vocab, const MergeText& merges,
                                                   std::vector<SpecialToken> specials, std::string_view pattern,
                                                   const std::string& vocab_path);
-  // The same from a tokenizer.json without problems (vocab_io.cpp), its vocabulary and merges moved
+  // The same from a tokenizer.json without problems (tokenizer_json.cpp), its vocabulary and merges moved
   // out; a symbol that is not an ordinary token is a BpeError "model.merges[N] = ...".
   static std::unique_ptr<CoreBPE> from_tokenizer_json(TokenizerJson& doc, std::vector<SpecialToken> specials,
                                                       std::string_view pattern, bool ignore_merges);
@@ -153,14 +153,14 @@ class CoreBPE {
   enum class MergeAlgo { kSmall, kQueue, kLinear };
   bool merge_piece(std::string_view piece, MergeAlgo algo, std::vector<uint32_t>& out) const;
 
-  // Merges in priority order (for saving an HF tokenizer.json). For a ranks vocabulary: every pair
-  // of lower-ranked tokens that concatenates to a token, by the token's rank. (HF gives each pair its
-  // own priority where tiktoken ties them by position; the two differ only in contrived cases.)
+  // Merges in priority order (for saving an HF tokenizer.json). For a ranks vocabulary: by rank, the
+  // split of each token that BPE builds, as BPE of its own bytes makes it (bpe.cpp: why exactly those).
   Merges merges() const;
 
  private:
   static constexpr size_t kCopySlack = 16;
   static constexpr size_t kSmallPiece = 96;  // longer pieces merge through a queue, not O(n^2) scans
+  static constexpr size_t kScanOnly = 12;    // shorter pieces always merge by scans (bpe.cpp: encode_ordinary)
   // The linear-time path's tables cost 20-60 ms to build (bpe_backtrack.cpp), about what merging this
   // many bytes of pieces over PieceCache::kMaxBytes the other ways costs: built once that much has come.
   static constexpr size_t kBacktrackAfter = size_t{1} << 19;
@@ -215,7 +215,8 @@ std::string byte_to_unicode(uint8_t b);
 // Inverse over a UTF-8 string of such characters; false if a character is not in the alphabet.
 bool unicode_to_bytes(std::string_view s, std::string& out);
 
-// Loaders (vocab_io.cpp). Errors are BpeError with "<path>: <line>: <problem>" messages.
+// Loaders (vocab_io.cpp; tokenizer.json: tokenizer_json.cpp). Errors are BpeError with
+// "<path>: <line>: <problem>" messages.
 Vocab load_tiktoken_ranks(const std::string& path);
 // GPT-2 encoder.json (byte-level string -> id) and vocab.bpe (one "left right" merge per line), for
 // CoreBPE::from_merge_text (which resolves the merges' symbols).

@@ -118,7 +118,7 @@ std::unique_ptr<BacktrackTables> CoreBPE::build_backtrack() const {
       auto [a, b] = merges_list_[i];
       uint32_t t = pairs_.find(a, b).id, prio = static_cast<uint32_t>(i + 1);
       if (bt->handle_of[t] == kNone && prio_of[a] < prio && prio_of[b] < prio &&
-          bt->valid_pair(bt->handle_of[a], bt->handle_of[b]))
+          bt->valid_pair<false>(bt->handle_of[a], bt->handle_of[b]))
         join(a, b, t, prio);
     }
   } else {
@@ -130,7 +130,7 @@ std::unique_ptr<BacktrackTables> CoreBPE::build_backtrack() const {
         uint32_t a = ids[j];
         if (prio_of[a] >= prio) continue;
         uint32_t b = ordinary_.find(s.data() + keys[j].size(), s.size() - keys[j].size());
-        if (b != BytesMap::kMissing && prio_of[b] < prio && bt->valid_pair(bt->handle_of[a], bt->handle_of[b])) {
+        if (b != BytesMap::kMissing && prio_of[b] < prio && bt->valid_pair<false>(bt->handle_of[a], bt->handle_of[b])) {
           join(a, b, t, prio);
           break;
         }
@@ -151,14 +151,17 @@ std::unique_ptr<BacktrackTables> CoreBPE::build_backtrack() const {
   auto id_of = [&](uint32_t k) { return k & BacktrackTables::kByte ? byte_id_[k & 255] : k; };
   for (uint32_t h = 0; h < bt->pool.size();) {
     Entry* e = &bt->pool[h + 1];
-    for (uint32_t j = 0; j < bt->pool[h].count; ++j, ++e) e->filter = before[id_of(e->key)];
+    for (uint32_t j = 0; j < bt->pool[h].count; ++j, ++e) {
+      e->filter = before[id_of(e->key)];
+      e->count = BacktrackTables::filter_bit(e->key);
+    }
     for (bool more = true; more; ++e) {
       e->filter = after[id_of(e->key)];
+      e->count = BacktrackTables::filter_bit(e->key);
       more = e->prio != 0;
     }
     h = static_cast<uint32_t>(e - bt->pool.data());
   }
-  bt->filters = true;
   for (size_t k = 0; k < keys.size(); ++k) bt->trie.set_value(node_of[k], bt->handle_of[ids[k]]);
   for (size_t k = 0; k < keys.size(); ++k) {
     uint32_t h = bt->handle_of[ids[k]], j = longest_prefix[k];
@@ -170,28 +173,27 @@ std::unique_ptr<BacktrackTables> CoreBPE::build_backtrack() const {
   return bt;
 }
 
-// Greedy longest match with backtracking over token handles (`stack`, mirrored by the ids appended to
-// `out`). `dead` marks positions that no valid encoding of the piece reaches with a token boundary
-// (the encoding of a prefix is unique, so a position that failed once fails always).
+// Greedy longest match with backtracking over token handles, kept in `out` past `first` as a stack
+// (and made ids at the end). `dead` marks positions that no valid encoding of the piece reaches with a
+// token boundary (the encoding of a prefix is unique, so a position that failed once fails always).
 void CoreBPE::merge_backtrack(const BacktrackTables& bt, const char* p, size_t n, BacktrackScratch& scratch,
                               std::vector<uint32_t>& out) const {
   constexpr uint32_t kNone = BacktrackTables::kNone;
   const size_t first = out.size();
+  // A giant piece makes about n / 2 tokens: grow `out` once, not by doubling (copies of megabytes).
+  if (n > (size_t{1} << 16) && out.capacity() - first < n / 2) out.reserve(first + n / 2);
   std::vector<uint64_t>& dead = scratch.dead;
-  std::vector<uint32_t>& stack = scratch.handles;
   dead.assign(n / 64 + 1, 0);
-  stack.clear();
   auto is_dead = [&](size_t i) { return (dead[i >> 6] >> (i & 63)) & 1; };
   auto prefetch = [&](uint32_t h) { __builtin_prefetch(&bt.pool[h]); };
   size_t pos = 0;
   uint32_t next = bt.trie.longest(p, n, prefetch);
   while (pos < n) {
-    uint32_t t = next, last = stack.empty() ? kNone : stack.back();
+    uint32_t t = next, last = out.size() > first ? out.back() : kNone;
     while (true) {
       size_t end = pos + bt.len(t);
       if (!is_dead(end) && (last == kNone || bt.valid_pair(last, t))) {
-        stack.push_back(t);
-        out.push_back(bt.id(t));
+        out.push_back(t);
         pos = end;
         if (pos < n) next = bt.trie.longest(p + pos, n - pos, prefetch);
         break;
@@ -204,7 +206,6 @@ void CoreBPE::merge_backtrack(const BacktrackTables& bt, const char* p, size_t n
           return;
         }
         dead[pos >> 6] |= uint64_t{1} << (pos & 63);
-        stack.pop_back();
         out.pop_back();
         pos -= bt.len(last);
         next = last;  // its shorter prefixes are tried next
@@ -212,6 +213,7 @@ void CoreBPE::merge_backtrack(const BacktrackTables& bt, const char* p, size_t n
       }
     }
   }
+  for (size_t i = first; i < out.size(); ++i) out[i] = bt.id(out[i]);
   scratch.trim();
 }
 

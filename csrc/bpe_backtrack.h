@@ -34,14 +34,15 @@ struct BacktrackTables {
   //   header:       {id, shorter, len, number of left-spine entries}
   //   left spine:   the token, its left part, that part's left part, ... down to a single byte
   //   right spine:  the same through right parts
-  // A spine entry is {key, prio, filter}: key = the token id (kByte | byte for single bytes); prio = 0
-  // for single bytes, else the priority of the token's last merge + 1 (ranks: rank + 1); filter = 16
+  // A spine entry is {key, prio, filter, bit}: key = the token id (kByte | byte for single bytes); prio
+  // = 0 for single bytes, else the priority of the token's last merge + 1 (ranks: rank + 1); filter = 16
   // bits over the keys of the tokens the entry's token forms canonical pairs with on the side where the
   // spine meets the other token (most straddling pairs are not canonical, and the filter rejects them
-  // without a probe of the cache-missing pair table). A token's handle is the index of its header.
+  // without a probe of the cache-missing pair table); bit = filter_bit(key), the key's bit in the
+  // other side's filters. A token's handle is the index of its header.
   struct Entry {
     uint32_t key, prio;  // header: id, shorter (a handle, kNone if no reachable proper prefix)
-    uint16_t filter, count;  // header: len, number of left-spine entries
+    uint16_t filter, count;  // header: len, number of left-spine entries; spine: filter, bit
   };
 
   std::vector<Entry> pool;
@@ -50,14 +51,13 @@ struct BacktrackTables {
   PairMap canonical;                // (key, key) -> {prio, token id} for canonical splits of longer tokens
   std::vector<uint64_t> bloom;      // 2^kBloomBits bits, one per hashed canonical pair: an L2-sized pre-check
   PrefixTrie trie;                  // reachable tokens -> handles
-  bool filters = false;             // false while building: filters are complete only at the end
 
   static constexpr uint64_t kMissing = UINT64_MAX;
   static constexpr unsigned kBloomBits = 21;
   static uint64_t bloom_bit(uint32_t kx, uint32_t ky) {
     return ((uint64_t{kx} << 32 | ky) * 0x9E3779B97F4A7C15ull) >> (64 - kBloomBits);
   }
-  static unsigned filter_bit(uint32_t key) { return (key * 0x9E3779B1u) >> 28; }
+  static uint16_t filter_bit(uint32_t key) { return static_cast<uint16_t>((key * 0x9E3779B1u) >> 28); }
 
   uint32_t id(uint32_t h) const { return pool[h].key; }
   uint32_t shorter(uint32_t h) const { return pool[h].prio; }
@@ -65,13 +65,15 @@ struct BacktrackTables {
   const Entry* left_spine(uint32_t h) const { return &pool[h + 1]; }
   const Entry* right_spine(uint32_t h) const { return &pool[h + 1 + pool[h].count]; }
 
-  // The prio of the token whose canonical split is (x, y), or kMissing.
+  // The prio of the token whose canonical split is (x, y), or kMissing. kFilters: the filters are
+  // complete (false while the tables are built).
+  template <bool kFilters>
   uint64_t pair_prio(const Entry& x, const Entry& y) const {
     if ((x.prio | y.prio) == 0) {
       uint32_t p = byte_pair[(x.key & 255) * 256 + (y.key & 255)];
       return p == PairMap::kMissing ? kMissing : p;
     }
-    if (filters && !((x.filter >> filter_bit(y.key)) & (y.filter >> filter_bit(x.key)) & 1)) return kMissing;
+    if (kFilters && !((x.filter >> y.count) & (y.filter >> x.count) & 1)) return kMissing;
     uint64_t bit = bloom_bit(x.key, y.key);
     if (!((bloom[bit >> 6] >> (bit & 63)) & 1)) return kMissing;
     uint32_t p = canonical.find(x.key, y.key).rank;
@@ -79,12 +81,13 @@ struct BacktrackTables {
   }
 
   // Whether BPE of bytes(a) + bytes(b) is [a, b] (a, b: handles).
+  template <bool kFilters = true>
   bool valid_pair(uint32_t a, uint32_t b) const {
     const Entry* x = right_spine(a);
     const Entry* y = left_spine(b);
     uint64_t limit = kMissing;  // a straddling merge with a lower priority would have happened first
     while (true) {
-      if (pair_prio(*x, *y) < limit) return false;
+      if (pair_prio<kFilters>(*x, *y) < limit) return false;
       if (x->prio > y->prio) {
         // x's last merge came later: before it, x's right part met y. That merge sits to the left of
         // the straddling pair, so it wins ties.
@@ -104,14 +107,12 @@ struct BacktrackTables {
 
 // The encoder's per-thread working memory (kept across pieces: no allocation per piece).
 struct BacktrackScratch {
-  std::vector<uint64_t> dead;     // bit per position
-  std::vector<uint32_t> handles;  // of the tokens emitted so far
+  std::vector<uint64_t> dead;  // bit per position
 
   // After a giant piece: keep the memory of an ordinary one, not megabytes per thread.
   void trim() {
     constexpr size_t kKeep = size_t{1} << 16;
     if (dead.capacity() > kKeep) std::vector<uint64_t>().swap(dead);
-    if (handles.capacity() > kKeep) std::vector<uint32_t>().swap(handles);
   }
 };
 

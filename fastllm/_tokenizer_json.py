@@ -188,9 +188,20 @@ def write_tokenizer_json(
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": ignore_merges,
-            "vocab": {by_id[i]: i for i in sorted(by_id)},
-            "merges": [[by_id[a], by_id[b]] for a, b in merges],
+            "vocab": {},
+            "merges": [],
         },
     }
+    # model.vocab and model.merges are nearly all of the file: one entry per line, without the indentation and the
+    # line per symbol that json.dump gives them (a file half the size, read twice as fast).
+    quoted = {i: json.dumps(name, ensure_ascii=False) for i, name in by_id.items()}
+    bulk = {
+        '"vocab": {}': "{\n" + ",\n".join(f"{quoted[i]}:{i}" for i in sorted(quoted)) + "\n}",
+        '"merges": []': "[\n" + ",\n".join(f"[{quoted[a]},{quoted[b]}]" for a, b in merges) + "\n]",
+    }
+    text = json.dumps(data, ensure_ascii=False, indent=1)
+    for empty, full in bulk.items():  # found as a key: inside JSON strings, quotes are escaped
+        head, key, tail = text.partition(empty)
+        text = head + key[:-2] + full + tail
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=1)
+        f.write(text)

@@ -982,6 +982,33 @@ def test_linear_merge_matches_tiktoken_and_hf(name):
             assert_ids(ids, py.encode_ordinary(text), f"oracle {text!r}")
 
 
+@lru_cache(maxsize=None)
+def vocab_words(name: str) -> list[str]:
+    """The vocabulary's tokens that are ASCII letters (a leading space dropped): words to run together."""
+    words = {t.strip().decode() for t in tt(name)._mergeable_ranks if t.strip().isalpha() and t.strip().isascii()}
+    return sorted(words)
+
+
+@pytest.mark.parametrize("name", MAIN)
+@hyp_settings
+@given(data=st.data())
+def test_linear_merge_of_words_run_together(name, data):
+    """Words of the vocabulary run together without spaces (pieces where the longest match is often wrong and the
+    merge backtracks most), a few such pieces to a text, once the tables exist (then text mostly of long pieces
+    sends its pieces of 13 bytes and more there): tiktoken's ids, and the Python oracle's for short texts."""
+    tok, enc = native(name), tt(name)
+    tok._core.merge_piece(b"ab", "linear")  # builds the tables
+    words = st.lists(st.sampled_from(vocab_words(name)), min_size=1, max_size=12)
+    text = " ".join("".join(piece) for piece in data.draw(st.lists(words, min_size=1, max_size=6), label="pieces"))
+    ids = tok.encode_ordinary(text)
+    assert_ids(ids, enc.encode_ordinary(text), f"{name} {text[:60]!r}...", enc.decode)
+    if len(text) <= 100:
+        py = oracle("gpt2-merges" if name == "gpt2" else "cl100k-ranks")
+        assert_ids(ids, py.encode_ordinary(text), f"oracle {text!r}")
+    piece = text.replace(" ", "").encode()
+    assert_ids(tok._core.merge_piece(piece, "linear"), tok._core.merge_piece(piece, "queue"), piece.decode())
+
+
 def test_linear_tables_built_while_threads_encode():
     """Threads cross the table-building threshold together (one builds, the others wait); ids stay exact."""
     require(CL100K_TIKTOKEN)
@@ -1050,6 +1077,26 @@ def test_vocabulary_matches_hf_and_tiktoken():
 
 
 # ==== save ====================================================================================================
+
+
+def test_save_writes_the_merges_bpe_makes(tmp_path):
+    """A ranks vocabulary saves one merge per token BPE builds, the split BPE makes it with, by rank: what HF's own
+    converter derives from tiktoken ranks, one entry per line."""
+    require(GPT2_TIKTOKEN)
+    tok = Tokenizer.from_tiktoken(GPT2_TIKTOKEN, pattern="gpt2")
+    ranks = _bpe_py.load_tiktoken_ranks(GPT2_TIKTOKEN)
+    token = {r: t for t, r in ranks.items()}
+    merges = [(token[a], token[b]) for a, b in tok._core.merges()]
+    assert merges == _bpe_py.merges_from_ranks(ranks)
+    path = tmp_path / "gpt2.json"
+    tok.save(path)
+    text = path.read_text(encoding="utf-8")
+    doc = json.loads(text)
+    to_str = _bpe_py.token_bytes_to_str
+    assert doc["model"]["merges"] == [[to_str(a), to_str(b)] for a, b in merges]
+    assert doc["model"]["ignore_merges"] is True
+    assert len(text.splitlines()) < len(ranks) + len(merges) + 100  # an entry per line
+    assert Tokenizer.from_file(path).encode_ordinary(text[:20_000]) == tok.encode_ordinary(text[:20_000])
 
 
 @pytest.mark.parametrize("name", MAIN)

@@ -186,6 +186,15 @@ static void test_refused_vocabulary_still_exact() {
   out.clear();
   bpe->encode_ordinary(s, out);
   CHECK(out == merge(*bpe, s, Algo::kQueue));
+  // Short pieces in a text of long ones (where they would take the linear path) merge another way.
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += s.substr(0, 30 + i % 7) + " " + s.substr(i % 5, 13 + i % 12) + " ";
+  out.clear();
+  bpe->encode_ordinary(text, out);
+  std::vector<uint32_t> expected;
+  CoreBPE::from_ranks(v, {}, "gpt2")->encode_ordinary(text, expected);  // never asked for the tables
+  CHECK(out == expected);
+  CHECK(out.size() > 400);
 }
 
 static void test_gpt2_vocabulary() {
@@ -206,6 +215,22 @@ static void test_gpt2_vocabulary() {
   std::vector<uint32_t> out;
   bpe->encode_ordinary(giant, out);
   CHECK(out == merge(*bpe, giant, Algo::kQueue));
+  // Now text mostly of long pieces sends its pieces of 13 to 24 bytes there too (and text of short pieces
+  // does not): the same ids as a tokenizer that never built the tables.
+  auto fresh = CoreBPE::from_merge_text(vocab, merges, {}, "gpt2", "encoder.json");
+  for (int trial = 0; trial < 200; ++trial) {
+    std::string text;
+    size_t pieces = 1 + rng() % 20;
+    for (size_t k = 0; k < pieces; ++k) {
+      size_t n = trial % 2 ? 13 + rng() % 12 : 1 + rng() % 60;
+      text += random_text(rng, alphabets[k % 3], n) + (k % 3 == 2 ? ", " : " ");
+    }
+    std::vector<uint32_t> expected;
+    out.clear();
+    bpe->encode_ordinary(text, out);
+    fresh->encode_ordinary(text, expected);
+    CHECK(out == expected);
+  }
 }
 
 int main() {

@@ -75,6 +75,29 @@ static void test_ranks_semantics() {
   }
 }
 
+// A ranks vocabulary's merges() are the splits BPE makes its tokens with (by rank), and an HF-semantics
+// tokenizer over them gives the ranks tokenizer's ids, also where a token's part ranks after it.
+static void test_merges_of_ranks() {
+  auto v = byte_vocab();
+  v.add("abc", 256);  // built from "ab" + "c", though "ab" ranks after it
+  v.add("ab", 257);
+  v.add("cd", 258);
+  v.add("bc", 259);   // another split of "abc", which never merges into it
+  v.add("xyz", 260);  // no split into two tokens: BPE never builds it (only the whole-piece shortcut)
+  v.add("bcd", 261);  // "b" + "cd": "cd" merges first in "bcd"
+  auto bpe = CoreBPE::from_ranks(v, {}, "gpt2");
+  CHECK(bpe->merges() == CoreBPE::Merges({{257, 'c'}, {'a', 'b'}, {'c', 'd'}, {'b', 'c'}, {'b', 258}}));
+  auto hf = CoreBPE::from_merges(v, bpe->merges(), {}, "gpt2", /*ignore_merges=*/true);
+  std::string alphabet = "abcdxyz";
+  uint32_t seed = 1;
+  for (int k = 0; k < 2000; ++k) {
+    std::string s;
+    for (int i = 0; i < 1 + k % 40; ++i) s += alphabet[((seed = seed * 1103515245 + 12345) >> 16) % 7];
+    CHECK(encode(*hf, s) == encode(*bpe, s));
+  }
+  CHECK(encode(*hf, "abcx") == ids({256, 'x'}) && encode(*hf, "xyz") == ids({260}));
+}
+
 static void test_merges_semantics() {
   auto v = byte_vocab();
   v.add("ab", 256);
@@ -192,6 +215,7 @@ static void test_gpt2_assets() {
 
 int main() {
   test_ranks_semantics();
+  test_merges_of_ranks();
   test_merges_semantics();
   test_specials();
   test_decode_and_errors();

@@ -1,4 +1,4 @@
-// Unit tests of the tokenizer.json reader (vocab_io.cpp) without Python (ctest; also run under ASan + UBSan).
+// Unit tests of the tokenizer.json reader (tokenizer_json.cpp) without Python (ctest; also run under ASan + UBSan).
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -51,6 +51,90 @@ static void test_reads_vocab_and_merges() {
   CHECK(encode(*bpe, "abc") == std::vector<uint32_t>({257}));
   CHECK(encode(*bpe, "abz") == std::vector<uint32_t>({256, 'z'}));
   CHECK(bpe->merges() == CoreBPE::Merges({{'a', 'b'}, {256, 'c'}}));
+}
+
+// The vocabulary and merges as read, for comparing layouts: "id:bytes" per token, "left|right" per merge.
+static std::string contents(const TokenizerJson& doc) {
+  std::string out;
+  for (size_t i = 0; i < doc.vocab.size(); ++i)
+    out += std::to_string(doc.vocab.tokens[i].id) + ":" + std::string(doc.vocab.token(i)) + "\n";
+  for (const TokenizerJson::Merge& m : doc.merges) {
+    const char* p = doc.merge_bytes.get() + m.off;
+    uint32_t right_len = m.right_len & ~TokenizerJson::Merge::kList;
+    out += std::string(p, m.left_len) + "|" + std::string(p + m.left_len, right_len) + "\n";
+  }
+  return out;
+}
+
+// The reader's fast path (plain entries) and its general path (escapes, odd spacing) read the same
+// entries alike, in every layout: Tokenizer.save's one entry per line, HF's indented one, "left right".
+static void test_layouts_read_alike() {
+  std::vector<std::pair<std::string, uint32_t>> vocab;  // byte-level keys
+  for (int b = 0; b < 256; ++b) vocab.push_back({byte_to_unicode(static_cast<uint8_t>(b)), static_cast<uint32_t>(b)});
+  vocab.push_back({"ab", 256});
+  vocab.push_back({"\xc4\xa0" "a", 257});  // "Ġa": " a"
+  vocab.push_back({"\xc4\xa0" "ab", 258});
+  vocab.push_back({"\xc4\x8a\xc4\x8a", 12345678});  // "\n\n", an 8-digit id
+  std::vector<std::pair<std::string, std::string>> merges = {{"a", "b"}, {"\xc4\xa0", "a"}, {"\xc4\xa0" "a", "b"}};
+  auto quoted = [](const std::string& key, bool escape) {
+    std::string out = "\"";
+    for (size_t i = 0; i < key.size();) {
+      auto c = static_cast<unsigned char>(key[i]);
+      size_t len = c < 0x80 ? 1 : 2;  // the alphabet is below U+0800
+      uint32_t cp = len == 1 ? c : ((c & 0x1Fu) << 6) | (static_cast<unsigned char>(key[i + 1]) & 0x3Fu);
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\u%04x", cp);
+      if (escape) out += hex;
+      else if (c == '"' || c == '\\') out += std::string("\\") + key[i];
+      else out += key.substr(i, len);
+      i += len;
+    }
+    return out + "\"";
+  };
+  auto layout = [&](bool escape, const std::string& sep, const std::string& indent, bool strings) {
+    std::string out = "{\"model\": {\"vocab\": {" + sep;
+    for (size_t i = 0; i < vocab.size(); ++i)
+      out += indent + quoted(vocab[i].first, escape) + ":" + (escape ? "  " : "") + std::to_string(vocab[i].second) +
+             (i + 1 < vocab.size() ? "," + sep : sep);
+    out += "}, \"merges\": [" + sep;
+    for (size_t i = 0; i < merges.size(); ++i) {
+      if (strings) out += indent + quoted(merges[i].first + " " + merges[i].second, escape);
+      else out += indent + "[" + sep + indent + indent + quoted(merges[i].first, escape) + "," + sep + indent + indent +
+                  quoted(merges[i].second, escape) + sep + indent + "]";
+      out += i + 1 < merges.size() ? "," + sep : sep;
+    }
+    return out + "]}}";
+  };
+  TokenizerJson compact = load_tokenizer_json(write_temp("compact", layout(false, "\n", "", false)));
+  CHECK(compact.vocab.size() == vocab.size() && compact.merges.size() == merges.size());
+  std::string expected = contents(compact);
+  CHECK(expected.find("12345678:\n\n\n") != std::string::npos && expected.find(" a|b\n") != std::string::npos);
+  for (bool escape : {false, true})
+    for (const char* indent : {"", " ", "      ", "        ", "\t"})
+      for (bool strings : {false, true}) {
+        TokenizerJson doc = load_tokenizer_json(write_temp("layout", layout(escape, "\r\n", indent, strings)));
+        CHECK(doc.vocab_problem.kind == TokenizerJson::Problem::Kind::kNone);
+        CHECK(doc.merges_problem.kind == TokenizerJson::Problem::Kind::kNone);
+        CHECK(contents(doc) == expected);
+        CHECK(doc.merges.size() == 3 && ((doc.merges[0].right_len & TokenizerJson::Merge::kList) != 0) == !strings);
+      }
+  // Entries the fast path leaves to the general one, which reports them.
+  auto problem = [&](const std::string& entry, const std::string& merge) {
+    return load_tokenizer_json(write_temp("odd", "{\"model\": {\"vocab\": {\"a\": 0, " + entry + "}, \"merges\": [" +
+                                                     merge + "]}}"));
+  };
+  using Kind = TokenizerJson::Problem::Kind;
+  CHECK(problem("\"b\": 2.5e1", "").vocab_problem.kind == Kind::kVocabId);
+  CHECK(problem("\"b\": 1e1", "").vocab_problem.kind == Kind::kVocabId);
+  CHECK(problem("\"b\": 16777216", "").vocab_problem.kind == Kind::kVocabIdTooLarge);
+  CHECK(problem("\"b\": 123456789", "").vocab_problem.kind == Kind::kVocabIdTooLarge);
+  CHECK(problem("\"b\": -0", "").vocab.size() == 2);
+  CHECK(problem("\"b\\u0000\": 1", "").vocab_problem.kind == Kind::kVocabChar);
+  CHECK(problem("\"b\": 1", "\"a  b\"").merges_problem.kind == Kind::kMergeShape);
+  CHECK(problem("\"b\": 1", "[\"a\", \"b\", \"a\"]").merges_problem.kind == Kind::kMergeShape);
+  CHECK(problem("\"b\": 1", "[\"a\", 1]").merges_problem.kind == Kind::kMergeShape);
+  CHECK(problem("\"b\": 1", "[\"a\", \"\\u0000\"]").merges_problem.kind == Kind::kMergeUnknown);
+  CHECK(problem("\"b\": 1", "\"a\\u0020b\"").merges.size() == 1);
 }
 
 static void test_problems_are_recorded() {
@@ -122,6 +206,7 @@ static void test_json_errors() {
 
 int main() {
   test_reads_vocab_and_merges();
+  test_layouts_read_alike();
   test_problems_are_recorded();
   test_json_errors();
   if (g_failures > 0) std::fprintf(stderr, "%d check(s) failed\n", g_failures);
