@@ -38,18 +38,20 @@ def inputs(T):
 
 
 _PEAK_SCRIPT = """
-import resource, sys
+import sys
 sys.path.insert(0, sys.argv[1])
 from bench_attention_reference import SINK, WINDOW, dense_baseline, inputs, sliding_window_attention
+def status(key):  # kB -> bytes; VmHWM is this process image's peak RSS (getrusage's max carries the forked parent's)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
 provider, T = sys.argv[2], int(sys.argv[3])
 q, k, v = inputs(T)
-with open("/proc/self/statm") as f:
-    before = int(f.read().split()[1]) * resource.getpagesize()
+before = status("VmRSS")
 if provider == "reference":
     sliding_window_attention(q, k, v, WINDOW, sink_tokens=SINK)
 else:
     dense_baseline(q, k, v, WINDOW, SINK)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)  # ru_maxrss: KiB on Linux
+print(status("VmHWM") - before)
 """
 
 

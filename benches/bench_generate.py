@@ -132,7 +132,8 @@ def runner(provider: str, path, dtype):
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype,prompt,batch", CASES)
 def test_generate_gpt2(bench, gpt2_dir, dtype, prompt, batch, provider, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the dispatch users get on a CPU
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the dispatch users get on a CPU: C++ kernels on
+    monkeypatch.delenv("FASTLLM_KERNELS", raising=False)
     if "int8" in provider and (dtype, prompt, batch) not in INT8_CASES:
         pytest.skip("int8 providers run INT8_CASES only (suite time)")
     run, model = runner(provider, gpt2_dir, DTYPES[dtype])
@@ -176,7 +177,9 @@ def test_generate_gpt2(bench, gpt2_dir, dtype, prompt, batch, provider, monkeypa
 
 
 @pytest.mark.parametrize("provider", ["fastllm", "fastllm-compile"])
-def test_generate_swa_mla(bench, provider):
+def test_generate_swa_mla(bench, provider, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the dispatch users get on a CPU: C++ kernels on
+    monkeypatch.delenv("FASTLLM_KERNELS", raising=False)
     torch.manual_seed(0)
     model = Transformer(ModelConfig.from_name("swa-mla-262m")).eval().to(torch.bfloat16)
     ids = list(prompts(512, 1))
@@ -221,6 +224,7 @@ def test_int8_perplexity(bench, corpus, monkeypatch):
     """The accuracy cost of int8 weights: perplexity of the bundled model (trained on real English) on 16k tokens of
     a ../shared corpus, fp32 weights against int8 weight-only (fastllm.quant). Not timed."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("FASTLLM_KERNELS", raising=False)
     from conftest import SHARED
 
     path = os.path.join(SHARED, "corpora", corpus)
