@@ -12,7 +12,9 @@ peer) and the git commit. The rows also print as one table at the end of the ses
 
 Without a CUDA device, Triton kernels can only run under Triton's interpreter: TRITON_INTERPRET=1 is set here, before
 anything imports triton, so that benches may time interpreted kernels (as a proxy of their work), and
-FASTLLM_KERNELS defaults to "reference" so that models and the public ops keep the CPU path users get.
+FASTLLM_KERNELS defaults to "reference" so that the Triton ops keep their eager CPU path. That also turns off
+fastllm's C++ CPU kernels (fastllm._cpu), which users do get on a CPU: benches that time the CPU path users run
+(bench_generate, bench_linear) unset both variables for their cases.
 
 `python -m pytest` from the checkout's root puts the root on sys.path, where the top-level `kernels/` folder
 (installed as `fastllm.kernels`) would shadow Hugging Face's `kernels` package that transformers imports: the root

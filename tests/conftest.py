@@ -6,7 +6,8 @@ kernel (~0.5 ms per program instance), so each test runs with one backend forced
 
 - tests marked `triton` (kernel tests: `pytestmark = pytest.mark.triton`) run with `FASTLLM_KERNELS=triton`, so a
   kernel that cannot run fails loudly instead of falling back to the reference;
-- every other test runs with `FASTLLM_KERNELS=reference` (the CPU path users get without the interpreter).
+- every other test runs with `FASTLLM_KERNELS=reference`: the eager references, with fastllm's C++ CPU kernels
+  (fastllm._cpu) off too; tests/test_cpu_kernels.py runs models on the C++ kernels, as users get them on a CPU.
 
 A test may still set either variable itself with `monkeypatch`; that wins over the default set here.
 
