@@ -79,20 +79,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     if weight.dtype != x.dtype or weight.dim() != 2 or not weight.is_cpu or weight.shape[1] != x.shape[-1]:
         _fail(f"weight must be (N, K={x.shape[-1]}) {x.dtype} on the CPU, got {tuple(weight.shape)} {weight.dtype} "
               f"on {weight.device}")  # fmt: skip
-    N, K = weight.shape
+    if weight.stride(1) != 1 or weight.stride(0) < weight.shape[1]:
+        weight = weight.contiguous()
+    return _run(x, code, weight, code, False, weight.stride(0), None, bias)
+
+
+def _run(x, x_code, w, w_code, packed, ldw, scale, bias):
+    """The checks both launchers share (x's dtype code is checked by the caller), then the C++ call."""
+    N, K = (scale.shape[0] if packed else w.shape[0]), x.shape[-1]
     if bias is not None:
         if bias.dtype != x.dtype or bias.shape != (N,) or not bias.is_cpu:
             _fail(f"bias must be ({N},) {x.dtype} on the CPU, got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
         bias = bias.contiguous()
-    if weight.stride(1) != 1 or weight.stride(0) < K:
-        weight = weight.contiguous()
     x2 = x.reshape(-1, K).contiguous()  # (M, K)
     M = x2.shape[0]
     y = torch.empty(M, N, dtype=x.dtype)  # (M, N)
     if M and N:
         _cpu.linear(
-            x2.data_ptr(), code, M, K, K, weight.data_ptr(), code, False, N, weight.stride(0), 0,
-            0 if bias is None else bias.data_ptr(), y.data_ptr(), N, _threads or torch.get_num_threads(),
+            x2.data_ptr(), x_code, M, K, K, w.data_ptr(), w_code, packed, N, ldw,
+            0 if scale is None else scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
+            y.data_ptr(), N, _threads or torch.get_num_threads(),
         )  # fmt: skip
     return y.view(*x.shape[:-1], N)
 
@@ -119,17 +125,4 @@ def linear_int8_packed(
     if packed.dtype != torch.int8 or packed.shape != packed_shape(N, K) or not packed.is_cpu:
         _fail(f"packed weight for ({N}, {K}) must be {packed_shape(N, K)} int8 on the CPU, got {tuple(packed.shape)} "
               f"{packed.dtype} on {packed.device}")  # fmt: skip
-    if bias is not None:
-        if bias.dtype != x.dtype or bias.shape != (N,) or not bias.is_cpu:
-            _fail(f"bias must be ({N},) {x.dtype} on the CPU, got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
-        bias = bias.contiguous()
-    packed = packed.contiguous()
-    x2 = x.reshape(-1, K).contiguous()  # (M, K)
-    M = x2.shape[0]
-    y = torch.empty(M, N, dtype=x.dtype)  # (M, N)
-    if M and N:
-        _cpu.linear(
-            x2.data_ptr(), code, M, K, K, packed.data_ptr(), 2, True, N, 0, scale.data_ptr(),
-            0 if bias is None else bias.data_ptr(), y.data_ptr(), N, _threads or torch.get_num_threads(),
-        )  # fmt: skip
-    return y.view(*x.shape[:-1], N)
+    return _run(x, code, packed.contiguous(), DTYPE_CODES[torch.int8], True, 0, scale, bias)
