@@ -4,7 +4,7 @@
 The C++ sources and flags have one home: the globs and flags below. CMakeLists.txt builds the same cores
 (every source except the `bind*.cpp` Python bindings) for the C++ unit tests and the sanitizer build.
 A compiler error fails the install: the extensions are not optional. The CPU kernels are compiled for
-the baseline target; csrc/cpu/linear_avx*.cpp carry their instruction sets per function and are picked
+the baseline target; csrc/cpu/isa_*.cpp carry their instruction sets per function and are picked
 at run time from the CPU's features, so one build runs on any x86-64 (and the portable copy elsewhere).
 """
 

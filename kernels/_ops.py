@@ -14,11 +14,14 @@ differentiable. `glu_linear` (projection + GLU in one matmul) is an inference ke
 projection in eager torch.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from fastllm.kernels import _dispatch
 from fastllm.kernels import cpu as _cpu
+from fastllm.kernels.reference import sampling as _sampling_ref
 from fastllm.kernels.reference.attention import sliding_window_attention as _swa_ref
 from fastllm.kernels.reference.attention import sliding_window_attention_backward as _swa_bwd_ref
 from fastllm.kernels.reference.attention import swa_decode as _swa_decode_ref
@@ -35,6 +38,24 @@ from fastllm.kernels.reference.sampling import sample_philox as _sample_philox_r
 
 def _window(window: int) -> int | None:
     return None if window < 0 else window
+
+
+# Inference ops (no autograd: decode attention, sampling, the linears) are defined through torch.library.Library
+# rather than custom_op: a decode step makes ~70 such calls per token, and custom_op's Python dispatch costs
+# 10-50 us a call against ~2 us here (measured on the CPU).
+_lib = torch.library.Library("fastllm", "FRAGMENT")
+
+
+def _inference_op(schema: str, impl: Callable, fake: Callable, cpu: Callable | None = None):
+    """Defines `fastllm::<schema>` with `impl` for every device (`cpu`, when given, for CPU tensors) and its fake
+    (shapes and dtypes for torch.compile); returns the op."""
+    name = schema.split("(", 1)[0]
+    _lib.define(schema)
+    _lib.impl(name, impl, "CompositeExplicitAutograd")
+    if cpu is not None:
+        _lib.impl(name, cpu, "CPU")
+    torch.library.register_fake("fastllm::" + name)(fake)
+    return getattr(torch.ops.fastllm, name)
 
 
 # ---- sliding-window attention (prefill), differentiable in q, k, v, rel_bias ------------------------------------
@@ -135,18 +156,7 @@ sliding_window_attention.register_autograd(_swa_backward, setup_context=_swa_set
 # ---- decode ops (inference only) ---------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastllm::swa_decode", mutates_args=())
-def swa_decode(
-    q: Tensor,
-    k_cache: Tensor,
-    v_cache: Tensor,
-    cache_seqlens: Tensor,
-    window: int,
-    softmax_scale: float,
-    sink_tokens: int,
-    alibi_slopes: Tensor | None,
-    rel_bias: Tensor | None,
-) -> Tensor:
+def _swa_decode(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias):
     impl = _dispatch.pick("swa_decode", q.device, _swa_decode_ref)
     return impl(
         q,
@@ -161,20 +171,28 @@ def swa_decode(
     ).contiguous()
 
 
-@swa_decode.register_fake
-def _(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias):
+def _swa_decode_cpu(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias):
+    args = (q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias)
+    cpu = _dispatch.backend_for("swa_decode", q.device) == "reference" and _cpu.supports_attention(q)
+    if not (cpu and _dispatch.use_cpu_kernel("swa_decode", q.device)):
+        return _swa_decode(*args)
+    return _cpu.swa_decode(*args[:4], _window(window), *args[5:])  # the C++ kernel (fp32, bf16)
+
+
+def _swa_decode_fake(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias):
     return q.new_empty(*q.shape[:-1], v_cache.shape[-1])
 
 
-@torch.library.custom_op("fastllm::mla_decode", mutates_args=())
-def mla_decode(
-    q: Tensor,
-    kv_cache: Tensor,
-    cache_seqlens: Tensor,
-    kv_lora_rank: int,
-    softmax_scale: float,
-    block_table: Tensor | None,
-) -> tuple[Tensor, Tensor]:
+swa_decode = _inference_op(
+    "swa_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, int window, float softmax_scale, "
+    "int sink_tokens, Tensor? alibi_slopes, Tensor? rel_bias) -> Tensor",
+    _swa_decode,
+    _swa_decode_fake,
+    cpu=_swa_decode_cpu,
+)
+
+
+def _mla_decode(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_table):
     impl = _dispatch.pick("mla_decode", q.device, _mla_decode_ref)
     o, lse = impl(
         q, kv_cache, cache_seqlens, kv_lora_rank=kv_lora_rank, softmax_scale=softmax_scale, block_table=block_table
@@ -182,10 +200,17 @@ def mla_decode(
     return o.contiguous(), lse.contiguous()
 
 
-@mla_decode.register_fake
-def _(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_table):
+def _mla_decode_fake(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_table):
     B, Tq, H, _ = q.shape
     return q.new_empty(B, Tq, H, kv_lora_rank), q.new_empty(B, Tq, H, dtype=torch.float32)
+
+
+mla_decode = _inference_op(
+    "mla_decode(Tensor q, Tensor kv_cache, Tensor cache_seqlens, int kv_lora_rank, float softmax_scale, "
+    "Tensor? block_table) -> (Tensor, Tensor)",
+    _mla_decode,
+    _mla_decode_fake,
+)
 
 
 # ---- gated linear units, differentiable ------------------------------------------------------------------------
@@ -303,68 +328,71 @@ glu_linear.register_autograd(_glu_linear_backward, setup_context=_glu_linear_set
 # sync); with None the launcher checks its own flag once per call. The references raise and never write it.
 
 
-@torch.library.custom_op("fastllm::sample_from_noise", mutates_args=("nan_flag",))
-def sample_from_noise(
-    logits: Tensor,
-    noise: Tensor,
-    temperature: Tensor,
-    top_k: Tensor,
-    top_p: Tensor,
-    min_p: Tensor,
-    repetition_penalty: Tensor,
-    prev_tokens: Tensor | None,
-    nan_flag: Tensor | None = None,
-) -> Tensor:
+_SAMPLE_PARAMS = "Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, Tensor repetition_penalty, "
+_SAMPLE_TAIL = "Tensor? prev_tokens, Tensor(a!)? nan_flag=None) -> Tensor"
+
+
+def _greedy_cpu(op, logits, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens):
+    """The ids of a CPU call in which every row is greedy, through the C++ argmax (torch's is ~10x slower on the
+    CPU); None for any other call. Same checks and errors as the reference, whose ids it equals."""
+    device = logits.device
+    if not (_cpu.supports_greedy(logits) and _dispatch.backend_for(op, device) == "reference"):
+        return None
+    if not (_dispatch.use_cpu_kernel(op, device) and bool((temperature == 0).all())):
+        return None
+    params = (temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens)
+    rows = zip(top_k.tolist(), top_p.tolist(), min_p.tolist(), repetition_penalty.tolist())  # B is a batch size
+    valid = all(k >= 0 and 0 <= p <= 1 and 0 <= m <= 1 and r > 0 for k, p, m, r in rows)
+    if prev_tokens is not None or not valid:  # the reference's checks (they raise), and its penalty
+        _sampling_ref._check_fast(logits, *params)
+        if prev_tokens is not None and not bool((repetition_penalty == 1).all()):  # a penalty of 1 changes no bit
+            logits = _sampling_ref.apply_repetition_penalty(logits.float(), prev_tokens, repetition_penalty)
+    ids, flags = _cpu.greedy(logits)
+    if flags:  # NaN, +inf or a row of -inf: the reference's error
+        _sampling_ref._check(logits, *params)
+        raise ValueError("sample: the repetition penalty took a logit to inf")  # huge logit / tiny penalty
+    return ids
+
+
+def _sample_from_noise(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag=None):
+    params = (temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens)
+    ids = _greedy_cpu("sample_from_noise", logits, *params)
+    if ids is not None:
+        return ids
     impl = _dispatch.pick("sample_from_noise", logits.device, _sample_ref)
-    ids = impl(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag)
-    return ids.contiguous()
+    return impl(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag).contiguous()
 
 
-@sample_from_noise.register_fake
-def _(logits, noise, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag=None):
-    return logits.new_empty(logits.shape[0], dtype=torch.int64)
-
-
-@torch.library.custom_op("fastllm::sample_philox", mutates_args=("nan_flag",))
-def sample_philox(
-    logits: Tensor,
-    seed: Tensor,
-    temperature: Tensor,
-    top_k: Tensor,
-    top_p: Tensor,
-    min_p: Tensor,
-    repetition_penalty: Tensor,
-    prev_tokens: Tensor | None,
-    nan_flag: Tensor | None = None,
-) -> Tensor:
+def _sample_philox(logits, seed, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag=None):
+    ids = _greedy_cpu("sample_philox", logits, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens)
+    if ids is not None:
+        return ids
     impl = _dispatch.pick("sample_philox", logits.device, _sample_philox_ref)
-    ids = impl(logits, seed, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag)
-    return ids.contiguous()
+    return impl(logits, seed, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag).contiguous()
 
 
-@sample_philox.register_fake
-def _(logits, seed, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag=None):
+def _sample_fake(logits, randomness, temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens, nan_flag=None):
     return logits.new_empty(logits.shape[0], dtype=torch.int64)
+
+
+sample_from_noise = _inference_op(
+    "sample_from_noise(Tensor logits, Tensor noise, " + _SAMPLE_PARAMS + _SAMPLE_TAIL, _sample_from_noise, _sample_fake
+)
+sample_philox = _inference_op(
+    "sample_philox(Tensor logits, Tensor seed, " + _SAMPLE_PARAMS + _SAMPLE_TAIL, _sample_philox, _sample_fake
+)
 
 
 # ---- int8 weight-only linear (inference only: no autograd) -----------------------------------------------------
-# Registered through torch.library.Library rather than custom_op: a decode step makes ~50 of these calls per token,
-# and custom_op's Python dispatch costs ~10 us a call against ~2 us here (measured on the CPU).
-
-_lib = torch.library.Library("fastllm", "FRAGMENT")
-_lib.define("int8_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor")
-_lib.define("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
 
 
 def _int8_linear_cpu(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
-    from fastllm.kernels import cpu  # the C++ extension, needed only here
-
     if (
-        x.numel() <= cpu.MAX_M_PACKED * x.shape[-1]
-        and x.dtype in cpu.X_DTYPES
+        x.numel() <= _cpu.MAX_M_PACKED * x.shape[-1]
+        and x.dtype in _cpu.X_DTYPES
         and _dispatch.use_cpu_kernel("int8_linear", x.device)
     ):
-        return cpu.linear_int8_packed(x, packed, scale, bias)
+        return _cpu.linear_int8_packed(x, packed, scale, bias)
     return _int8_linear_ref(x, packed, scale, bias).contiguous()
 
 
@@ -372,16 +400,16 @@ def _int8_linear_any(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | No
     return _int8_linear_ref(x, packed, scale, bias).contiguous()
 
 
-_lib.impl("int8_linear", _int8_linear_cpu, "CPU")
-_lib.impl("int8_linear", _int8_linear_any, "CompositeExplicitAutograd")
-
-
-@torch.library.register_fake("fastllm::int8_linear")
-def _(x, packed, scale, bias):
+def _int8_linear_fake(x, packed, scale, bias):
     return x.new_empty(*x.shape[:-1], scale.shape[0])
 
 
-int8_linear = torch.ops.fastllm.int8_linear
+int8_linear = _inference_op(
+    "int8_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor",
+    _int8_linear_any,
+    _int8_linear_fake,
+    cpu=_int8_linear_cpu,
+)
 
 
 # ---- linear with float weights: the C++ GEMV for decode-sized CPU calls, F.linear otherwise (no autograd) -------
@@ -393,17 +421,10 @@ def _linear_cpu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.nn.functional.linear(x, weight, bias)
 
 
-def _linear_any(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return torch.nn.functional.linear(x, weight, bias)
-
-
-_lib.impl("linear", _linear_cpu, "CPU")
-_lib.impl("linear", _linear_any, "CompositeExplicitAutograd")
-
-
-@torch.library.register_fake("fastllm::linear")
-def _(x, weight, bias):
+def _linear_fake(x, weight, bias):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
-linear = torch.ops.fastllm.linear
+linear = _inference_op(
+    "linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", torch.nn.functional.linear, _linear_fake, cpu=_linear_cpu
+)

@@ -1,4 +1,4 @@
-// fastllm._cpu: the Python binding of the CPU kernels. Only glue: the caller (kernels/cpu/linear.py)
+// fastllm._cpu: the Python binding of the CPU kernels. Only glue: the callers (kernels/cpu/*.py)
 // validates every shape, dtype, stride and device and passes raw data pointers; this file releases the
 // GIL around the work.
 #include <pybind11/pybind11.h>
@@ -6,7 +6,9 @@
 #include <cstdint>
 #include <string>
 
+#include "attention.h"
 #include "linear.h"
+#include "sampling.h"
 
 namespace py = pybind11;
 using fastllm::cpu::DType;
@@ -36,11 +38,57 @@ void linear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t ldx, uintptr
   fastllm::cpu::linear(a, threads);
 }
 
+void decode_attention(int dtype, py::tuple sizes, uintptr_t q, py::tuple q_strides, uintptr_t k, py::tuple k_strides,
+                      uintptr_t v, py::tuple v_strides, uintptr_t seqlens, int64_t window, int64_t sinks, float scale,
+                      uintptr_t alibi, uintptr_t rel_bias, int64_t rel_len, uintptr_t o, int threads) {
+  fastllm::cpu::DecodeAttnArgs a;
+  a.dtype = static_cast<DType>(dtype);
+  a.B = sizes[0].cast<int64_t>();
+  a.Tq = sizes[1].cast<int64_t>();
+  a.H = sizes[2].cast<int64_t>();
+  a.Hkv = sizes[3].cast<int64_t>();
+  a.C = sizes[4].cast<int64_t>();
+  a.D = sizes[5].cast<int64_t>();
+  a.Dv = sizes[6].cast<int64_t>();
+  a.q = ptr(q);
+  a.q_sb = q_strides[0].cast<int64_t>();
+  a.q_st = q_strides[1].cast<int64_t>();
+  a.q_sh = q_strides[2].cast<int64_t>();
+  a.k = ptr(k);
+  a.k_sb = k_strides[0].cast<int64_t>();
+  a.k_sc = k_strides[1].cast<int64_t>();
+  a.k_sh = k_strides[2].cast<int64_t>();
+  a.v = ptr(v);
+  a.v_sb = v_strides[0].cast<int64_t>();
+  a.v_sc = v_strides[1].cast<int64_t>();
+  a.v_sh = v_strides[2].cast<int64_t>();
+  a.seqlens = static_cast<const int64_t*>(ptr(seqlens));
+  a.window = window;
+  a.sinks = sinks;
+  a.scale = scale;
+  a.alibi = static_cast<const float*>(ptr(alibi));
+  a.rel_bias = static_cast<const float*>(ptr(rel_bias));
+  a.rel_len = rel_len;
+  a.o = reinterpret_cast<void*>(o);
+  py::gil_scoped_release release;
+  fastllm::cpu::decode_attention(a, threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastllm's CPU kernels (private: call fastllm.kernels.cpu, which validates the arguments)";
   m.def("linear", &linear, "y = x W^T * scale + bias for small M; raw pointers, see csrc/cpu/linear.h");
+  m.def("decode_attention", &decode_attention,
+        "decode attention over a ring-buffer KV cache; raw pointers, see csrc/cpu/attention.h");
+  m.def(
+      "greedy",
+      [](uintptr_t logits, int dtype, int64_t B, int64_t V, int64_t ld, uintptr_t out) {
+        py::gil_scoped_release release;
+        return fastllm::cpu::greedy_rows(ptr(logits), static_cast<DType>(dtype), B, V, ld,
+                                         reinterpret_cast<int64_t*>(out));
+      },
+      "first argmax per row and the sampler's error bits; raw pointers, see csrc/cpu/sampling.h");
   m.attr("PACK_ROWS") = fastllm::cpu::kPackRows;
   m.attr("PACK_COLS") = fastllm::cpu::kPackCols;
   m.def("isa", &fastllm::cpu::isa, "the instruction set the kernels run with");

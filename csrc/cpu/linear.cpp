@@ -1,5 +1,6 @@
-// Dispatch of the small-M linear kernel: picks the instruction set once, widens bf16 activations to
-// fp32, splits the weight rows over the threads of a process-wide pool.
+// Dispatch of the small-M linear kernel: widens bf16 activations to fp32, splits the weight rows over
+// the threads of the process-wide pool. Also the home of what all CPU kernels share (runtime.h): the
+// instruction set, picked once from the CPU's features, and the pool.
 #include "linear.h"
 
 #include <unistd.h>
@@ -13,6 +14,7 @@
 
 #include "linear_job.h"
 #include "pool.h"
+#include "runtime.h"
 
 namespace fastllm::cpu {
 namespace {
@@ -22,6 +24,7 @@ using RowsFn = void (*)(const Job&, int64_t, int64_t);
 struct Isa {
   const char* name;
   RowsFn rows;
+  AttendFn attend;
   bool supported;
 };
 
@@ -35,7 +38,9 @@ Isa isa_table(int i) {
 #else
   const bool avx512 = false, avx2 = false;
 #endif
-  const Isa table[] = {{"avx512", rows_avx512, avx512}, {"avx2", rows_avx2, avx2}, {"generic", rows_generic, true}};
+  const Isa table[] = {{"avx512", rows_avx512, attend_avx512, avx512},
+                       {"avx2", rows_avx2, attend_avx2, avx2},
+                       {"generic", rows_generic, attend_generic, true}};
   return table[i];
 }
 constexpr int kIsas = 3;
@@ -88,6 +93,13 @@ ThreadPool& pool_for(int threads) {
 
 const char* isa() { return isa_table(current_isa.load()).name; }
 
+AttendFn attend_fn() { return isa_table(current_isa.load()).attend; }
+
+void run_on_pool(int threads, ThreadPool::Task task, void* ctx) {
+  std::lock_guard<std::mutex> lock(pool_mu);
+  pool_for(std::max(threads, 1)).run(task, ctx);
+}
+
 bool force_isa(const char* name) {
   if (name == nullptr || *name == '\0') {
     current_isa.store(best_isa());
@@ -138,9 +150,7 @@ void linear(const LinearArgs& a, int threads) {
   const int64_t align = packed ? 1 : 8;
   const int64_t chunk = ((items + work_threads * kChunksPerThread - 1) / (work_threads * kChunksPerThread) + align - 1) / align * align;
   Split split{&job, rows, items, chunk};
-  std::lock_guard<std::mutex> lock(pool_mu);
-  ThreadPool& p = pool_for(std::max(threads, 1));
-  p.run(run_chunks, &split);
+  run_on_pool(threads, run_chunks, &split);
 }
 
 }  // namespace fastllm::cpu

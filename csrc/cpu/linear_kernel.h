@@ -1,5 +1,5 @@
 // The body of the small-M linear kernel, written once over a vector type V and included by one .cpp
-// per instruction set (linear_avx512.cpp, linear_avx2.cpp, linear_generic.cpp), each of which defines
+// per instruction set (isa_avx512.cpp, isa_avx2.cpp, isa_generic.cpp), each of which defines
 // V and compiles this file for its ISA inside its own namespace. Include only after V is defined and
 // only inside that namespace; this header includes nothing (the ISA files include what it needs first,
 // so no standard-library template is instantiated with ISA-specific code).

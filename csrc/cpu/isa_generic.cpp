@@ -1,7 +1,8 @@
-// The small-M linear kernel in portable C++ (any CPU): 8-float "vectors" the compiler maps onto
+// The CPU kernels (small-M linear, decode attention) in portable C++ (any CPU): 8-float "vectors" the compiler maps onto
 // whatever SIMD the baseline target has.
 #include <cstdint>
 
+#include "attention.h"
 #include "linear_job.h"
 
 namespace fastllm::cpu::generic {
@@ -31,6 +32,14 @@ struct V {
     for (int i = 0; i < L; ++i) r.v[i] = static_cast<float>(p[i]);
     return r;
   }
+  static reg set1(float f) {
+    reg r;
+    for (int i = 0; i < L; ++i) r.v[i] = f;
+    return r;
+  }
+  static void store(float* p, reg a) {
+    for (int i = 0; i < L; ++i) p[i] = a.v[i];
+  }
   static reg fma(reg a, reg b, reg c) {
     for (int i = 0; i < L; ++i) c.v[i] += a.v[i] * b.v[i];
     return c;
@@ -43,7 +52,11 @@ struct V {
 };
 
 #include "linear_kernel.h"
+#include "attention_kernel.h"
 
 }  // namespace fastllm::cpu::generic
 
 void fastllm::cpu::rows_generic(const Job& job, int64_t n0, int64_t n1) { generic::run_rows(job, n0, n1); }
+void fastllm::cpu::attend_generic(const DecodeAttnArgs& args, int64_t item, float* scratch) {
+  generic::run_attend(args, item, scratch);
+}

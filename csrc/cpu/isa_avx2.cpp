@@ -1,9 +1,10 @@
-// The small-M linear kernel compiled for AVX2 + FMA: 8 fp32 lanes, 16 registers.
-// Only this file's functions carry the ISA; linear.cpp calls rows_avx2 only on CPUs that have it.
+// The CPU kernels (small-M linear, decode attention) compiled for AVX2 + FMA: 8 fp32 lanes, 16
+// registers. Only this file's functions carry the ISA; linear.cpp picks them only on CPUs that have it.
 #include <immintrin.h>
 
 #include <cstdint>
 
+#include "attention.h"
 #include "linear_job.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -30,6 +31,8 @@ struct V {
     const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
   }
+  static reg set1(float f) { return _mm256_set1_ps(f); }
+  static void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static float hsum(reg a) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));  // 4 lanes
@@ -39,6 +42,7 @@ struct V {
 };
 
 #include "linear_kernel.h"
+#include "attention_kernel.h"
 
 }  // namespace fastllm::cpu::avx2
 
@@ -49,6 +53,11 @@ struct V {
 #endif
 
 void fastllm::cpu::rows_avx2(const Job& job, int64_t n0, int64_t n1) { avx2::run_rows(job, n0, n1); }
+void fastllm::cpu::attend_avx2(const DecodeAttnArgs& args, int64_t item, float* scratch) {
+  avx2::run_attend(args, item, scratch);
+}
 #else
-void fastllm::cpu::rows_avx2(const Job&, int64_t, int64_t) {}  // never called: isa() is never "avx2"
+// never called: isa() is never "avx2"
+void fastllm::cpu::rows_avx2(const Job&, int64_t, int64_t) {}
+void fastllm::cpu::attend_avx2(const DecodeAttnArgs&, int64_t, float*) {}
 #endif

@@ -1,5 +1,6 @@
-// The small-M linear kernel compiled for AVX-512 (F, BW, VL, DQ) + FMA: 16 fp32 lanes, 32 registers.
-// Only this file's functions carry the ISA; linear.cpp calls rows_avx512 only on CPUs that have it.
+// The CPU kernels (small-M linear, decode attention) compiled for AVX-512 (F, BW, VL, DQ) + FMA: 16
+// fp32 lanes, 32 registers. Only this file's functions carry the ISA; linear.cpp picks them only on
+// CPUs that have it.
 #if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's AVX-512 reductions start from _mm512_undefined_ps and warn about it (GCC bug 105593).
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -9,6 +10,7 @@
 
 #include <cstdint>
 
+#include "attention.h"
 #include "linear_job.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -35,11 +37,14 @@ struct V {
     const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
   }
+  static reg set1(float f) { return _mm512_set1_ps(f); }
+  static void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(reg a) { return _mm512_reduce_add_ps(a); }
 };
 
 #include "linear_kernel.h"
+#include "attention_kernel.h"
 
 }  // namespace fastllm::cpu::avx512
 
@@ -50,6 +55,11 @@ struct V {
 #endif
 
 void fastllm::cpu::rows_avx512(const Job& job, int64_t n0, int64_t n1) { avx512::run_rows(job, n0, n1); }
+void fastllm::cpu::attend_avx512(const DecodeAttnArgs& args, int64_t item, float* scratch) {
+  avx512::run_attend(args, item, scratch);
+}
 #else
-void fastllm::cpu::rows_avx512(const Job&, int64_t, int64_t) {}  // never called: isa() is never "avx512"
+// never called: isa() is never "avx512"
+void fastllm::cpu::rows_avx512(const Job&, int64_t, int64_t) {}
+void fastllm::cpu::attend_avx512(const DecodeAttnArgs&, int64_t, float*) {}
 #endif

@@ -1,0 +1,61 @@
+// Dispatch of the decode attention kernel: work items (row, kv head, group of query rows) taken from an
+// atomic counter by the threads of the pool, each thread with its own scratch.
+#include "attention.h"
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+
+#include "runtime.h"
+
+namespace fastllm::cpu {
+namespace {
+
+// Below this many multiply-adds in all (scores and p * v) a call runs on the caller alone.
+constexpr int64_t kMinWorkPerThread = 1 << 17;
+
+struct Items {
+  const DecodeAttnArgs* args;
+  AttendFn attend;
+  int64_t items, scratch_floats;
+  float* scratch;  // scratch_floats per thread index
+  std::atomic<int64_t> next{0};
+};
+
+void run_items(void* ctx, int index) {
+  Items& s = *static_cast<Items*>(ctx);
+  float* scratch = s.scratch + index * s.scratch_floats;
+  for (;;) {
+    const int64_t item = s.next.fetch_add(1, std::memory_order_relaxed);
+    if (item >= s.items) return;
+    s.attend(*s.args, item, scratch);
+  }
+}
+
+}  // namespace
+
+int64_t decode_attention_scratch(const DecodeAttnArgs& a) {
+  const int64_t pad = 16;  // attention_kernel.h's attn_padded
+  return kAttnRows * ((a.D + pad - 1) / pad * pad + (a.Dv + pad - 1) / pad * pad + a.C);
+}
+
+void decode_attention(const DecodeAttnArgs& a, int threads) {
+  if (a.B <= 0 || a.Tq <= 0 || a.H <= 0) return;
+  const int64_t G = a.H / a.Hkv, groups = (a.Tq * G + kAttnRows - 1) / kAttnRows;
+  const int64_t items = a.B * a.Hkv * groups;
+  int64_t longest = 0;
+  for (int64_t b = 0; b < a.B; ++b) longest = std::max(longest, std::min(a.seqlens[b], a.C));
+  const int64_t work = a.B * a.Tq * a.H * longest * (a.D + a.Dv);
+  const int n = static_cast<int>(
+      std::min<int64_t>({std::max(threads, 1), items, std::max<int64_t>(1, work / kMinWorkPerThread)}));
+  // The pool keeps the size the linear kernels use (resizing it restarts its threads); a thread index
+  // of it that finds no item left just returns.
+  const int pool = n <= 1 ? 1 : std::max(threads, 1);
+  const int64_t per = decode_attention_scratch(a);
+  std::unique_ptr<float[]> scratch(new float[static_cast<size_t>(per * pool)]);
+  Items s{&a, attend_fn(), items, per, scratch.get()};
+  if (pool == 1) return run_items(&s, 0);
+  run_on_pool(pool, run_items, &s);
+}
+
+}  // namespace fastllm::cpu

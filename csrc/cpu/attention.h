@@ -1,0 +1,55 @@
+// Decode attention on the CPU: Tq new queries per row against a ring-buffer KV cache, the layout and
+// semantics of fastllm.kernels.swa_decode (kernels/__init__.py; kernels/reference/attention.py is the
+// oracle). Position s < sinks lives in slot s, a later s in slot sinks + (s - sinks) % (C - sinks).
+// Query t of row b sits at position L_b - Tq + t (L_b = seqlens[b], the new tokens already cached) and
+// attends to the positions s <= its own with qpos - s < window (every one when window <= 0) and to the
+// sink positions s < sinks; a query at a negative position outputs zeros. Only the slots of those
+// positions are read (slots never written may hold NaN).
+//
+// Per (row, kv head) the kernel scores every key once against all the query heads that share it (GQA)
+// and all Tq queries, takes the softmax in fp32 (two passes over the scores: max, then exp and sum)
+// and accumulates p * v in fp32; q, the caches and o are fp32 or bf16 (one dtype), ALiBi slopes and
+// relative-position biases fp32. The caller (kernels/cpu/attention.py) checks shapes, strides and the
+// ring's capacity (C >= window + sinks + Tq - 1 once it has wrapped) before passing pointers.
+#pragma once
+
+#include <cstdint>
+
+#include "linear.h"
+
+namespace fastllm::cpu {
+
+struct DecodeAttnArgs {
+  DType dtype = DType::f32;  // of q, k, v and o: f32 or bf16
+  int64_t B = 0, Tq = 0, H = 0, Hkv = 0, C = 0, D = 0, Dv = 0;
+  const void* q = nullptr;  // (B, Tq, H, D), strides in elements, the last one 1
+  int64_t q_sb = 0, q_st = 0, q_sh = 0;
+  const void* k = nullptr;  // (B, C, Hkv, D)
+  int64_t k_sb = 0, k_sc = 0, k_sh = 0;
+  const void* v = nullptr;  // (B, C, Hkv, Dv)
+  int64_t v_sb = 0, v_sc = 0, v_sh = 0;
+  const int64_t* seqlens = nullptr;  // (B,) tokens per row, the Tq new ones included; 0 <= L_b
+  int64_t window = 0;                // <= 0: no window
+  int64_t sinks = 0;                 // 0 <= sinks < C
+  float scale = 1.0f;
+  const float* alibi = nullptr;     // (H,) or null: score -= slope[h] * (qpos - s)
+  const float* rel_bias = nullptr;  // (H, rel_len) or null: score += rel_bias[h, min(qpos - s, rel_len - 1)]
+  int64_t rel_len = 0;
+  void* o = nullptr;  // (B, Tq, H, Dv) contiguous
+};
+
+// Query rows per work item: up to this many of the (query, head) pairs that share a kv head.
+constexpr int kAttnRows = 8;
+
+// fp32 scratch one work item needs (the caller gives each thread its own).
+int64_t decode_attention_scratch(const DecodeAttnArgs& args);
+
+// Runs on `threads` threads (the caller and threads - 1 workers of the pool the linear kernels use).
+void decode_attention(const DecodeAttnArgs& args, int threads);
+
+// One work item (attention_kernel.h), one copy per instruction set (isa_*.cpp).
+void attend_avx512(const DecodeAttnArgs& args, int64_t item, float* scratch);
+void attend_avx2(const DecodeAttnArgs& args, int64_t item, float* scratch);
+void attend_generic(const DecodeAttnArgs& args, int64_t item, float* scratch);
+
+}  // namespace fastllm::cpu

@@ -1,0 +1,79 @@
+"""Launcher of the C++ decode attention kernel (csrc/cpu/attention.h): validation, then raw pointers to `fastllm._cpu`.
+
+A decode step attends once per layer for one new token per row; torch's SDPA, with the ring-buffer bookkeeping of
+the reference around it, spends ~190 us per call on GPT-2's 12 heads at batch 1 (measured), the kernel a few. It
+takes the general case of `fastllm.kernels.swa_decode`: the ring layout, windows and sinks, GQA, Tq new queries per
+row, ALiBi and relative-position biases, fp32 and bf16. Everything the C++ side reads is checked here first.
+"""
+
+import torch
+
+from fastllm import _cpu
+from fastllm.kernels.cpu.linear import DTYPE_CODES, X_DTYPES, _fail, threads
+
+
+def supports(q: torch.Tensor) -> bool:
+    """Whether `swa_decode` runs the C++ kernel for these queries: fp32 or bf16 CPU tensors."""
+    return q.is_cpu and q.dtype in X_DTYPES
+
+
+def _strides(x: torch.Tensor, name: str) -> tuple[int, int, int]:
+    if x.stride(-1) != 1 and x.shape[-1] > 1:
+        _fail(f"swa_decode: {name}'s last dimension must be contiguous, got strides {x.stride()}")
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def swa_decode(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias):
+    """`fastllm.kernels.swa_decode` (window None or >= 1) on the CPU: o (B, Tq, H, Dv) in q's dtype."""
+    if q.dim() != 4 or k_cache.dim() != 4 or v_cache.dim() != 4:
+        _fail(f"swa_decode: q, k_cache, v_cache must be 4-D, got {tuple(q.shape)}, {tuple(k_cache.shape)}, "
+              f"{tuple(v_cache.shape)}")  # fmt: skip
+    caches = (k_cache, v_cache)
+    if not supports(q) or any(c.dtype != q.dtype or not c.is_cpu for c in caches):
+        got = ", ".join(f"{x.dtype} on {x.device}" for x in (q, *caches))
+        _fail(f"swa_decode: q, k_cache, v_cache must be float32 or bfloat16 CPU tensors of one dtype, got {got}")
+    B, Tq, H, D = q.shape
+    _, C, Hkv, Dv = v_cache.shape
+    if k_cache.shape[:3] != (B, C, Hkv) or v_cache.shape[0] != B or k_cache.shape[3] != D or Hkv < 1 or H % Hkv:
+        _fail(f"swa_decode: k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} do not fit q "
+              f"{tuple(q.shape)}: expected (B={B}, C, Hkv, D={D}) and (B, C, Hkv, Dv) with H % Hkv == 0")  # fmt: skip
+    if not 0 <= sink_tokens < C:
+        _fail(f"swa_decode: C={C} slots leave no ring after sink_tokens={sink_tokens}")
+    if window is not None and window < 1:
+        _fail(f"swa_decode: window must be None or >= 1, got {window}")
+    if cache_seqlens.shape != (B,) or cache_seqlens.is_floating_point() or not cache_seqlens.is_cpu:
+        _fail(f"swa_decode: cache_seqlens must be an integer ({B},) CPU tensor, got {tuple(cache_seqlens.shape)} "
+              f"{cache_seqlens.dtype} on {cache_seqlens.device}")  # fmt: skip
+    lens = cache_seqlens if cache_seqlens.dtype == torch.int64 else cache_seqlens.to(torch.int64)
+    lens = lens.contiguous()
+    if B:
+        seen = lens.tolist()  # one host read (B is a batch size)
+        if min(seen) < 0:
+            raise ValueError(f"swa_decode: cache_seqlens must be >= 0, got {seen}")
+        if max(seen) > C and (window is None or C < window + sink_tokens + Tq - 1):
+            need = "every token cached" if window is None else "C >= window + sink_tokens + Tq - 1"
+            raise ValueError(
+                f"swa_decode: cache_seqlens reaches {max(seen)} > C={C} slots (the ring has wrapped), which "
+                f"needs {need} (window={window}, sink_tokens={sink_tokens}, Tq={Tq})"
+            )
+    if alibi_slopes is not None:
+        if alibi_slopes.shape != (H,) or not alibi_slopes.is_cpu:
+            _fail(f"swa_decode: alibi_slopes must be ({H},) on the CPU, got {tuple(alibi_slopes.shape)}")
+        alibi_slopes = alibi_slopes.to(torch.float32).contiguous()
+    if rel_bias is not None:
+        if rel_bias.dim() != 2 or rel_bias.shape[0] != H or rel_bias.shape[1] < 1 or not rel_bias.is_cpu:
+            _fail(f"swa_decode: rel_bias must be (H={H}, R>=1) on the CPU, got {tuple(rel_bias.shape)}")
+        rel_bias = rel_bias.to(torch.float32).contiguous()
+    o = torch.empty(B, Tq, H, Dv, dtype=q.dtype)  # (B, Tq, H, Dv)
+    if o.numel() == 0:
+        return o
+    _cpu.decode_attention(
+        DTYPE_CODES[q.dtype], (B, Tq, H, Hkv, C, D, Dv),
+        q.data_ptr(), _strides(q, "q"), k_cache.data_ptr(), _strides(k_cache, "k_cache"),
+        v_cache.data_ptr(), _strides(v_cache, "v_cache"), lens.data_ptr(),
+        0 if window is None else window, sink_tokens, float(softmax_scale),
+        0 if alibi_slopes is None else alibi_slopes.data_ptr(),
+        0 if rel_bias is None else rel_bias.data_ptr(), 0 if rel_bias is None else rel_bias.shape[1],
+        o.data_ptr(), threads(),
+    )  # fmt: skip
+    return o
