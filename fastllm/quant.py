@@ -1,4 +1,4 @@
-"""Int8 weight-only quantization of a model's linear layers, for decoding on the CPU.
+"""Int8 quantization of a model's linear layers, for decoding on the CPU: weight-only ("int8") or W8A8 ("w8a8").
 
 `quantize(model)` replaces every `nn.Linear` whose weight is only used through its forward by an `Int8Linear`:
 per-output-row symmetric int8 codes (max |w| / 127 per row) stored in the packed layout of fastllm's CPU kernel,
@@ -8,8 +8,13 @@ step streams a quarter of the fp32 weight bytes, dequantized in registers, accum
 up-projection `wkv_b`, absorbed into the queries; listed by a module's `keep_float`) stay as they are. A tied
 LM head gets its own int8 copy; the embedding it was tied to stays float.
 
+"w8a8" stores the same weights and also quantizes each activation row to int8 on the fly (per row, symmetric), so
+that the dot products run in integers (`fastllm.kernels.int8_linear(..., activations="int8")`: AVX-512 VNNI on the
+CPU, what CTranslate2's int8 does); it pays off at batch > 1, where the weight-only kernel's fp32 multiply-adds
+bound the step.
+
 The accuracy cost is measured as the perplexity change on real text (benches/bench_generate.py,
-tests/test_quant.py). Inference only: an Int8Linear has no gradient.
+tests/test_cpu_kernels.py). Inference only: an Int8Linear has no gradient.
 """
 
 from __future__ import annotations
@@ -19,53 +24,61 @@ from torch import nn
 
 import fastllm.kernels as K
 
+MODES = ("int8", "w8a8")  # weight-only; weights and activations
+
 
 class Int8Linear(nn.Module):
     """y = x @ (codes * scale[:, None])^T + bias; buffers `packed` (int8, the kernel's layout), `scale` (N,) fp32,
-    `bias` (N,) or None."""
+    `bias` (N,) or None. activations="int8": x quantized per row too (W8A8)."""
 
-    def __init__(self, in_features: int, out_features: int, packed, scale, bias=None):
+    def __init__(self, in_features: int, out_features: int, packed, scale, bias=None, activations: str = "float"):
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        if activations not in ("float", "int8"):
+            raise ValueError(f"Int8Linear: activations must be 'float' or 'int8', got {activations!r}")
+        self.in_features, self.out_features, self.activations = in_features, out_features, activations
+        self._op = torch.ops.fastllm.int8_linear if activations == "float" else torch.ops.fastllm.w8a8_linear
         self.register_buffer("packed", packed)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+    def from_linear(cls, linear: nn.Linear, activations: str = "float") -> Int8Linear:
         codes, scale = K.quantize_int8(linear.weight)  # (N, K) int8, (N,) fp32
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(linear.in_features, linear.out_features, K.pack_int8(codes), scale, bias)
+        return cls(linear.in_features, linear.out_features, K.pack_int8(codes), scale, bias, activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Int8Linear: expected (..., {self.in_features}) inputs, got {tuple(x.shape)}")
         # the op itself, not the checked K.int8_linear: the buffers are consistent by construction and the
         # kernel's launcher checks what it reads; ~50 calls per decode step make the difference measurable
-        return torch.ops.fastllm.int8_linear(x, self.packed, self.scale, self.bias)
+        return self._op(x, self.packed, self.scale, self.bias)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The (N, K) fp32 weight the layer computes with."""
         return K.dequantize_int8(self.packed, self.scale, self.in_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{sizes}, bias={self.bias is not None}, activations={self.activations}"
 
 
 @torch.no_grad()
 def quantize(model: nn.Module, dtype: str = "int8") -> nn.Module:
-    """Replaces the model's linear layers by int8 weight-only ones, in place; returns the model.
+    """Replaces the model's linear layers by int8 ones, in place; returns the model. dtype: "int8" (weight-only)
+    or "w8a8" (activations quantized per row too).
 
     Every `nn.Linear` child is replaced unless its parent lists its name in `keep_float` (weights read outside
     the layer's forward). Biases keep their dtype, so run the model in the dtype it had (fp32 or bf16).
     """
-    if dtype != "int8":
-        raise ValueError(f"quantize: unsupported dtype {dtype!r}; only 'int8' (weight-only, per-row) is implemented")
+    if dtype not in MODES:
+        raise ValueError(f"quantize: unsupported dtype {dtype!r}; expected one of {MODES}")
+    activations = "int8" if dtype == "w8a8" else "float"
     for parent in list(model.modules()):
         keep = getattr(parent, "keep_float", ())
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear) and name not in keep:
-                setattr(parent, name, Int8Linear.from_linear(child))
+                setattr(parent, name, Int8Linear.from_linear(child, activations))
     return model
 
 

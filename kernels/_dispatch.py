@@ -49,7 +49,8 @@ OPS = (
     "sample_philox",
 )
 
-CPU_OPS = ("int8_linear", "linear", "swa_decode", "sample_philox", "sample_from_noise")  # ops with a C++ CPU kernel
+# ops with a C++ CPU kernel
+CPU_OPS = ("int8_linear", "w8a8_linear", "linear", "swa_decode", "sample_philox", "sample_from_noise")
 
 F = TypeVar("F", bound=Callable)
 _TRITON_OPS: dict[str, Callable] = {}  # op name -> launcher; filled by fastllm.kernels.triton

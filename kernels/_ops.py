@@ -31,6 +31,7 @@ from fastllm.kernels.reference.glu import glu_linear as _glu_linear_ref
 from fastllm.kernels.reference.glu import glu_packed as _glu_packed_ref
 from fastllm.kernels.reference.glu import glu_packed_backward as _glu_packed_bwd_ref
 from fastllm.kernels.reference.linear import int8_linear as _int8_linear_ref
+from fastllm.kernels.reference.linear import int8_linear_w8a8 as _w8a8_linear_ref
 from fastllm.kernels.reference.mla import mla_decode as _mla_decode_ref
 from fastllm.kernels.reference.sampling import sample_from_noise as _sample_ref
 from fastllm.kernels.reference.sampling import sample_philox as _sample_philox_ref
@@ -409,6 +410,28 @@ int8_linear = _inference_op(
     _int8_linear_any,
     _int8_linear_fake,
     cpu=_int8_linear_cpu,
+)
+
+
+def _w8a8_linear_cpu(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    if (
+        x.numel() <= _cpu.MAX_M_PACKED * x.shape[-1]
+        and x.dtype in _cpu.X_DTYPES
+        and _dispatch.use_cpu_kernel("w8a8_linear", x.device)
+    ):
+        return _cpu.linear_int8_packed(x, packed, scale, bias, quantize_x=True)
+    return _w8a8_linear_ref(x, packed, scale, bias).contiguous()
+
+
+def _w8a8_linear_any(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+    return _w8a8_linear_ref(x, packed, scale, bias).contiguous()
+
+
+w8a8_linear = _inference_op(
+    "w8a8_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor",
+    _w8a8_linear_any,
+    _int8_linear_fake,
+    cpu=_w8a8_linear_cpu,
 )
 
 

@@ -18,7 +18,8 @@ namespace {
 const void* ptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 
 void linear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t ldx, uintptr_t w, int w_dtype, bool w_packed,
-            int64_t N, int64_t ldw, uintptr_t scale, uintptr_t bias, uintptr_t y, int64_t ldy, int threads) {
+            int64_t N, int64_t ldw, uintptr_t scale, uintptr_t bias, uintptr_t y, int64_t ldy, int threads,
+            bool quantize_x) {
   fastllm::cpu::LinearArgs a;
   a.x = ptr(x);
   a.x_dtype = static_cast<DType>(x_dtype);
@@ -34,6 +35,7 @@ void linear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t ldx, uintptr
   a.bias = ptr(bias);
   a.y = reinterpret_cast<void*>(y);
   a.ldy = ldy;
+  a.quantize_x = quantize_x;
   py::gil_scoped_release release;
   fastllm::cpu::linear(a, threads);
 }
@@ -78,7 +80,10 @@ void decode_attention(int dtype, py::tuple sizes, uintptr_t q, py::tuple q_strid
 
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "fastllm's CPU kernels (private: call fastllm.kernels.cpu, which validates the arguments)";
-  m.def("linear", &linear, "y = x W^T * scale + bias for small M; raw pointers, see csrc/cpu/linear.h");
+  m.def("linear", &linear, "y = x W^T * scale + bias for small M; raw pointers, see csrc/cpu/linear.h", py::arg("x"),
+        py::arg("x_dtype"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("w_dtype"),
+        py::arg("w_packed"), py::arg("N"), py::arg("ldw"), py::arg("scale"), py::arg("bias"), py::arg("y"),
+        py::arg("ldy"), py::arg("threads"), py::arg("quantize_x") = false);
   m.def("decode_attention", &decode_attention,
         "decode attention over a ring-buffer KV cache; raw pointers, see csrc/cpu/attention.h");
   m.def(

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <vector>
 
+#include "linear_a8.h"
 #include "linear_job.h"
 #include "pool.h"
 #include "runtime.h"
@@ -52,6 +53,15 @@ int best_isa() {
 }
 
 std::atomic<int> current_isa{best_isa()};
+
+// The W8A8 kernel: VNNI with the AVX-512 copies on CPUs that have it, else the portable one.
+RowsFn a8_rows() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  if (vnni && std::strcmp(isa(), "avx512") == 0) return rows_a8_vnni;
+#endif
+  return rows_a8_generic;
+}
 
 // Below this many weight elements per thread a call runs on the caller alone: handing out the work
 // would cost more than it saves.
@@ -117,11 +127,20 @@ bool force_isa(const char* name) {
 void linear(const LinearArgs& a, int threads) {
   if (a.M <= 0 || a.N <= 0) return;
   const bool packed = a.w_packed && a.w_dtype == DType::i8;
+  const bool a8 = packed && a.quantize_x;
   const int64_t K = packed ? (a.K + kPackCols - 1) / kPackCols * kPackCols : a.K;
-  // The activations as fp32 (M, K) contiguous, zero-padded to the packed width.
+  // W8A8: the activations as int8 codes (+ 128) and a scale per row.
+  std::vector<uint8_t> xq;
+  std::vector<float> sx;
+  if (a8) {
+    xq.resize(static_cast<size_t>(a.M * K));
+    sx.resize(static_cast<size_t>(a.M));
+    quantize_rows(a.x, a.x_dtype, a.M, a.K, a.ldx, K, xq.data(), sx.data());
+  }
+  // Otherwise the activations as fp32 (M, K) contiguous, zero-padded to the packed width.
   std::vector<float> widened;
   const float* x = static_cast<const float*>(a.x);
-  if (a.x_dtype == DType::bf16 || a.ldx != K || K != a.K) {
+  if (!a8 && (a.x_dtype == DType::bf16 || a.ldx != K || K != a.K)) {
     widened.assign(static_cast<size_t>(a.M * K), 0.0f);
     for (int64_t m = 0; m < a.M; ++m) {
       float* dst = widened.data() + m * K;
@@ -137,8 +156,12 @@ void linear(const LinearArgs& a, int threads) {
     }
     x = widened.data();
   }
-  const Job job{x, a.M, K, a.w, a.w_dtype, packed, a.N, packed ? K : a.ldw, a.scale, a.bias, a.y, a.x_dtype, a.ldy};
-  const RowsFn rows = isa_table(current_isa.load()).rows;
+  Job job{x, a.M, K, a.w, a.w_dtype, packed, a.N, packed ? K : a.ldw, a.scale, a.bias, a.y, a.x_dtype, a.ldy};
+  if (a8) {
+    job.xq = xq.data();
+    job.sx = sx.data();
+  }
+  const RowsFn rows = a8 ? a8_rows() : isa_table(current_isa.load()).rows;
   // Work items: rows, or tiles of kPackRows rows when packed.
   const int64_t items = packed ? (a.N + kPackRows - 1) / kPackRows : a.N;
   const int64_t work_threads =

@@ -39,6 +39,9 @@ struct LinearArgs {
   const void* bias = nullptr;    // (N,) in x_dtype, or null
   void* y = nullptr;             // (M, N) in x_dtype, row stride ldy
   int64_t ldy = 0;
+  // Packed i8 only: quantize each activation row to int8 too (W8A8, csrc/cpu/linear_a8.h): the dot
+  // products then run on integers (AVX-512 VNNI where the CPU has it), exact in int32.
+  bool quantize_x = false;
 };
 
 // The instruction set the kernel runs with on this CPU: "avx512", "avx2" or "generic".

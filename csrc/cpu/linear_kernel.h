@@ -11,6 +11,10 @@
 // loads R weight vectors (converted once) and B activation vectors and does B * R FMAs into B * R
 // accumulators held in registers; every weight byte is read from memory once per call, whatever B is.
 
+// The loops over the tile's accumulators are unrolled explicitly: left to GCC, the accumulator arrays of a
+// 3 x 8 tile lived on the stack (every multiply-add stored its result back: measured with objdump).
+#define FASTLLM_UNROLL _Pragma("GCC unroll 16")
+
 // Activation rows per tile and weight rows per tile for B activation rows, keeping B * R accumulators
 // plus R weight and one activation register within the register file (32 vector registers for
 // AVX-512, 16 for AVX2).
@@ -42,15 +46,14 @@ inline uint16_t f32_to_bf16(float f) {  // round to nearest even, NaN stays NaN
 template <class WT, int B, int R>
 inline void tile_dot(const float* x, int64_t ldx, const WT* w, int64_t ldw, int64_t K, float* out) {
   typename V::reg acc[B][R];
-  for (int b = 0; b < B; ++b)
-    for (int r = 0; r < R; ++r) acc[b][r] = V::zero();
+  FASTLLM_UNROLL for (int b = 0; b < B; ++b) FASTLLM_UNROLL for (int r = 0; r < R; ++r) acc[b][r] = V::zero();
   int64_t k = 0;
   for (; k + V::L <= K; k += V::L) {
     typename V::reg wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = V::load(w + r * ldw + k);
-    for (int b = 0; b < B; ++b) {
+    FASTLLM_UNROLL for (int r = 0; r < R; ++r) wv[r] = V::load(w + r * ldw + k);
+    FASTLLM_UNROLL for (int b = 0; b < B; ++b) {
       typename V::reg xv = V::load(x + b * ldx + k);
-      for (int r = 0; r < R; ++r) acc[b][r] = V::fma(xv, wv[r], acc[b][r]);
+      FASTLLM_UNROLL for (int r = 0; r < R; ++r) acc[b][r] = V::fma(xv, wv[r], acc[b][r]);
     }
   }
   if (k < K) {
@@ -145,17 +148,16 @@ template <int B>
 inline void packed_tile(const float* x, int64_t ldx, const int8_t* tile, int64_t blocks, float* out) {
   constexpr int R = kPackRows;
   typename V::reg acc[B][R];
-  for (int b = 0; b < B; ++b)
-    for (int r = 0; r < R; ++r) acc[b][r] = V::zero();
+  FASTLLM_UNROLL for (int b = 0; b < B; ++b) FASTLLM_UNROLL for (int r = 0; r < R; ++r) acc[b][r] = V::zero();
   for (int64_t c = 0; c < blocks; ++c) {
     const int8_t* blk = tile + c * (R * kPackCols);
     const float* xc = x + c * kPackCols;
-    for (int u = 0; u < kPackCols / V::L; ++u) {
+    FASTLLM_UNROLL for (int u = 0; u < kPackCols / V::L; ++u) {
       typename V::reg xv[B];
-      for (int b = 0; b < B; ++b) xv[b] = V::load(xc + b * ldx + u * V::L);
-      for (int r = 0; r < R; ++r) {
+      FASTLLM_UNROLL for (int b = 0; b < B; ++b) xv[b] = V::load(xc + b * ldx + u * V::L);
+      FASTLLM_UNROLL for (int r = 0; r < R; ++r) {
         const typename V::reg wv = V::load(blk + r * kPackCols + u * V::L);
-        for (int b = 0; b < B; ++b) acc[b][r] = V::fma(xv[b], wv, acc[b][r]);
+        FASTLLM_UNROLL for (int b = 0; b < B; ++b) acc[b][r] = V::fma(xv[b], wv, acc[b][r]);
       }
     }
   }

@@ -1,6 +1,7 @@
 // Unit tests of the CPU small-M linear kernel (csrc/cpu): every instruction set this CPU has, every weight
 // type, row-major and packed int8, odd shapes, 1..11 activation rows, 1..3 threads, against a double-precision
 // reference; and the thread pool on its own.
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -31,6 +32,18 @@ float from_bf16(uint16_t h) {
   float f;
   std::memcpy(&f, &b, 4);
   return f;
+}
+
+// (N, K) int8 codes in the packed layout of linear.h.
+std::vector<int8_t> pack(const std::vector<int8_t>& w8, int64_t N, int64_t K) {
+  const int64_t Kp = (K + kPackCols - 1) / kPackCols * kPackCols;
+  const int64_t Np = (N + kPackRows - 1) / kPackRows * kPackRows;
+  std::vector<int8_t> packed(Np * Kp, 0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      packed[((n / kPackRows) * (Kp / kPackCols) + k / kPackCols) * (kPackRows * kPackCols) +
+             (n % kPackRows) * kPackCols + k % kPackCols] = w8[n * K + k];
+  return packed;
 }
 
 struct Case {
@@ -66,13 +79,7 @@ double run_case(const Case& c, std::mt19937& rng) {
       }
     }
   }
-  const int64_t Kp = (K + kPackCols - 1) / kPackCols * kPackCols;
-  const int64_t Np = (N + kPackRows - 1) / kPackRows * kPackRows;
-  std::vector<int8_t> packed(Np * Kp, 0);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k)
-      packed[((n / kPackRows) * (Kp / kPackCols) + k / kPackCols) * (kPackRows * kPackCols) +
-             (n % kPackRows) * kPackCols + k % kPackCols] = w8[n * K + k];
+  const std::vector<int8_t> packed = pack(w8, N, K);
 
   fastllm::cpu::LinearArgs a;
   a.x = c.x_dtype == DType::f32 ? static_cast<const void*>(x.data()) : x16.data();
@@ -181,8 +188,62 @@ void test_pool() {
 
 }  // namespace
 
+// W8A8 (linear_a8.h): the activation codes and the fp32 epilogue written out from the contract; the
+// kernels (VNNI and portable) must match them exactly, on every ISA and thread count.
+void test_a8() {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  for (const char* isa : {"avx512", "avx2", "generic"}) {
+    if (!fastllm::cpu::force_isa(isa)) continue;
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 19}, {203, 130}, {9, 64}, {1, 1}, {70, 257}, {130, 768}})
+      for (int64_t M : {1, 2, 3, 4, 5, 8, 11})
+        for (int threads : {1, 3}) {
+          std::vector<float> x(M * K), scale(N), bias(N);
+          std::vector<int8_t> w8(N * K);
+          for (auto& v : x) v = normal(rng);
+          for (auto& v : bias) v = normal(rng);
+          for (int64_t n = 0; n < N; ++n) scale[n] = 0.01f * (1 + n % 7);
+          for (auto& v : w8) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+          if (M > 2) x[K] = NAN;  // row 1: NaN outputs
+          const std::vector<int8_t> packed = pack(w8, N, K);
+          fastllm::cpu::LinearArgs a;
+          a.x = x.data(), a.x_dtype = DType::f32, a.M = M, a.K = K, a.ldx = K;
+          a.w = packed.data(), a.w_dtype = DType::i8, a.w_packed = true, a.N = N;
+          a.scale = scale.data(), a.bias = bias.data(), a.quantize_x = true;
+          std::vector<float> y(M * N);
+          a.y = y.data(), a.ldy = N;
+          fastllm::cpu::linear(a, threads);
+          bool exact = true;
+          for (int64_t m = 0; m < M; ++m) {
+            float amax = 0;
+            bool finite = true;
+            for (int64_t k = 0; k < K; ++k) {
+              finite = finite && std::isfinite(x[m * K + k]);
+              amax = std::max(amax, std::fabs(x[m * K + k]));
+            }
+            const float sx = finite ? amax / 127.0f : NAN;
+            for (int64_t n = 0; n < N; ++n) {
+              int64_t acc = 0;
+              for (int64_t k = 0; k < K && sx > 0; ++k)
+                acc += static_cast<int64_t>(std::clamp(std::nearbyint(x[m * K + k] / sx), -127.0f, 127.0f)) *
+                       w8[n * K + k];
+              const float want = static_cast<float>(acc) * sx * scale[n] + bias[n];
+              const float got = y[m * N + n];
+              exact = exact && (got == want || (std::isnan(got) && std::isnan(want)));
+            }
+          }
+          if (!exact)
+            std::fprintf(stderr, "a8 %s M=%lld N=%lld K=%lld threads=%d: not exact\n", isa, static_cast<long long>(M),
+                         static_cast<long long>(N), static_cast<long long>(K), threads);
+          CHECK(exact);
+        }
+  }
+  CHECK(fastllm::cpu::force_isa(""));
+}
+
 int main() {
   test_linear();
+  test_a8();
   test_pool();
   if (g_failures) std::fprintf(stderr, "%d checks failed\n", g_failures);
   return g_failures ? 1 : 0;

@@ -161,10 +161,11 @@ def load(path_or_dir, *, config: dict | None = None, device=None, dtype=None, we
         weights_only: torch.load's safety switch; False unpickles arbitrary objects (trusted files only). With
             True, formats whose files pickle other objects (SWA-MLA optimizer state) load through the restricted
             unpickler, which never calls anything outside its allowlist and keeps only weights and plain values.
-        quantize: None, or "int8": int8 weight-only linear layers (`fastllm.quant.quantize`), for CPU decoding.
+        quantize: None, "int8" (int8 weight-only linear layers) or "w8a8" (int8 weights and activations), for CPU
+            decoding (`fastllm.quant.quantize`).
     """
-    if quantize not in (None, "int8"):
-        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize not in (None, "int8", "w8a8"):
+        raise ValueError(f"quantize must be None, 'int8' or 'w8a8', got {quantize!r}")
     source = read_source(path_or_dir, config, weights_only=weights_only)
     try:
         fmt = detect(source)

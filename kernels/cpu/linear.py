@@ -84,7 +84,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return _run(x, code, weight, code, False, weight.stride(0), None, bias)
 
 
-def _run(x, x_code, w, w_code, packed, ldw, scale, bias):
+def _run(x, x_code, w, w_code, packed, ldw, scale, bias, quantize_x=False):
     """The checks both launchers share (x's dtype code is checked by the caller), then the C++ call."""
     N, K = (scale.shape[0] if packed else w.shape[0]), x.shape[-1]
     if bias is not None:
@@ -98,7 +98,7 @@ def _run(x, x_code, w, w_code, packed, ldw, scale, bias):
         _cpu.linear(
             x2.data_ptr(), x_code, M, K, K, w.data_ptr(), w_code, packed, N, ldw,
             0 if scale is None else scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
-            y.data_ptr(), N, _threads or torch.get_num_threads(),
+            y.data_ptr(), N, _threads or torch.get_num_threads(), quantize_x,
         )  # fmt: skip
     return y.view(*x.shape[:-1], N)
 
@@ -107,10 +107,11 @@ def _run(x, x_code, w, w_code, packed, ldw, scale, bias):
 
 
 def linear_int8_packed(
-    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, quantize_x: bool = False
 ) -> torch.Tensor:
     """x (..., K) fp32|bf16 @ (codes * scale[:, None])^T + bias -> (..., N) in x's dtype, codes packed by
-    `pack_int8`, N = scale.shape[0]. Any number of rows (meant for few: decode).
+    `pack_int8`, N = scale.shape[0]. Any number of rows (meant for few: decode). quantize_x: W8A8, x quantized
+    per row to int8 (`fastllm.kernels.reference.linear.int8_linear_w8a8`, equal to the bit).
 
     A decode step calls this ~50 times per token, so the checks are written for speed (a few microseconds); they
     are complete all the same: the C++ side trusts every pointer and size it gets.
@@ -125,4 +126,4 @@ def linear_int8_packed(
     if packed.dtype != torch.int8 or packed.shape != packed_shape(N, K) or not packed.is_cpu:
         _fail(f"packed weight for ({N}, {K}) must be {packed_shape(N, K)} int8 on the CPU, got {tuple(packed.shape)} "
               f"{packed.dtype} on {packed.device}")  # fmt: skip
-    return _run(x, code, packed.contiguous(), DTYPE_CODES[torch.int8], True, 0, scale, bias)
+    return _run(x, code, packed.contiguous(), DTYPE_CODES[torch.int8], True, 0, scale, bias, quantize_x)

@@ -53,3 +53,30 @@ def int8_linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias
     """x (..., K) @ (codes * scale[:, None])^T + bias -> (..., N) in x's dtype, computed in fp32."""
     w = dequantize_int8(packed, scale, x.shape[-1])  # (N, K)
     return F.linear(x.float(), w, None if bias is None else bias.float()).to(x.dtype)
+
+
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations x (..., K) -> codes (..., K) int8 and scales (..., 1) fp32, per row and symmetric: scale =
+    max |row| / 127, codes = round(x / scale) (half to even) in [-127, 127]. A row of zeros gets zero codes; a
+    row holding NaN or an infinity gets scale NaN and zero codes (its outputs are NaN)."""
+    xf = x.float()
+    amax = xf.abs().amax(-1, keepdim=True)  # (..., 1)
+    s = torch.where(torch.isfinite(amax), amax / 127.0, torch.full_like(amax, float("nan")))  # (..., 1)
+    q = torch.where(s > 0, torch.round(xf / s).clamp(-127, 127), torch.zeros_like(xf))  # (..., K)
+    return q.to(torch.int8), s
+
+
+def int8_linear_w8a8(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    """W8A8: `int8_linear` with the activations quantized too (`quantize_rows_int8`), the dot products exact in
+    integers: y = float(q @ codes^T) * s_x * scale + bias in fp32 (in that order), in x's dtype."""
+    K, N = x.shape[-1], scale.shape[0]
+    q, s = quantize_rows_int8(x.reshape(-1, K))  # (M, K), (M, 1)
+    codes = unpack_int8(packed, N, K)  # (N, K)
+    if q.is_cpu:
+        acc = torch._int_mm(q, codes.t())  # (M, N) int32, exact
+    else:
+        acc = q.double() @ codes.double().t()  # (M, N) exact: |acc| < 2^53
+    y = acc.float() * s * scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype).view(*x.shape[:-1], N)

@@ -1,0 +1,121 @@
+// W8A8 linear layers (linear_a8.h): the activation quantizer, the output stores and the portable kernel.
+#include "linear_a8.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace fastllm::cpu {
+namespace {
+
+float load(const void* x, DType dtype, int64_t i) {
+  if (dtype == DType::f32) return static_cast<const float*>(x)[i];
+  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(x)[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t to_bf16(float f) {  // round to nearest even, NaN stays NaN
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+}  // namespace
+
+namespace {
+
+inline float widen(float x) { return x; }
+inline float widen(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// One row, in loops the compiler vectorizes (no libm calls): codes round half to even by the 1.5 * 2^23
+// trick, exact for |v| <= 127 in the default rounding mode (the operands are clamped first, which
+// commutes with rounding at the +-127 bounds).
+template <class T>
+void quantize_row(const T* x, int64_t K, int64_t Kp, uint8_t* q, float* sx) {
+  float amax = 0.0f;
+  uint32_t finite = 1;
+  for (int64_t k = 0; k < K; ++k) {
+    const float a = std::fabs(widen(x[k]));
+    finite &= a <= 3.4028235e38f;  // false for inf and NaN
+    amax = a > amax ? a : amax;
+  }
+  const float s = finite ? amax / 127.0f : NAN;
+  *sx = s;
+  if (!(s > 0.0f)) {  // zeros, or a row with NaN / inf
+    for (int64_t k = 0; k < Kp; ++k) q[k] = static_cast<uint8_t>(kA8Offset);
+    return;
+  }
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  for (int64_t k = 0; k < K; ++k) {
+    float v = widen(x[k]) / s;
+    v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
+    const float r = (v + kRound) - kRound;
+    q[k] = static_cast<uint8_t>(static_cast<int32_t>(r) + kA8Offset);
+  }
+  for (int64_t k = K; k < Kp; ++k) q[k] = static_cast<uint8_t>(kA8Offset);
+}
+
+}  // namespace
+
+void quantize_rows(const void* x, DType dtype, int64_t M, int64_t K, int64_t ldx, int64_t Kp, uint8_t* xq, float* sx) {
+  for (int64_t m = 0; m < M; ++m) {
+    if (dtype == DType::f32)
+      quantize_row(static_cast<const float*>(x) + m * ldx, K, Kp, xq + m * Kp, sx + m);
+    else
+      quantize_row(static_cast<const uint16_t*>(x) + m * ldx, K, Kp, xq + m * Kp, sx + m);
+  }
+}
+
+void store_a8(const Job& j, int64_t m0, int B, int64_t n, int rows, const int32_t* dot, const int32_t* wsum) {
+  for (int r = 0; r < rows; ++r) {
+    float bias = 0.0f;
+    if (j.bias != nullptr) bias = load(j.bias, j.y_dtype, n + r);
+    for (int b = 0; b < B; ++b) {
+      const int32_t acc = dot[b * kPackRows + r] - kA8Offset * wsum[r];
+      const float v = static_cast<float>(acc) * j.sx[m0 + b] * j.scale[n + r] + bias;
+      const int64_t at = (m0 + b) * j.ldy + n + r;
+      if (j.y_dtype == DType::f32)
+        static_cast<float*>(j.y)[at] = v;
+      else
+        static_cast<uint16_t*>(j.y)[at] = to_bf16(v);
+    }
+  }
+}
+
+void rows_a8_generic(const Job& j, int64_t t0, int64_t t1) {
+  constexpr int R = kPackRows;
+  const int64_t blocks = j.K / kPackCols;
+  const int8_t* w = static_cast<const int8_t*>(j.w);
+  int32_t dot[R], wsum[R];
+  for (int64_t t = t0; t < t1; ++t) {
+    const int8_t* tile = w + t * R * j.K;
+    const int64_t n = t * R;
+    const int rows = static_cast<int>(j.N - n < R ? j.N - n : R);
+    for (int r = 0; r < R; ++r) {
+      int32_t s = 0;
+      for (int64_t c = 0; c < blocks; ++c)
+        for (int i = 0; i < kPackCols; ++i) s += tile[(c * R + r) * kPackCols + i];
+      wsum[r] = s;
+    }
+    for (int64_t m = 0; m < j.M; ++m) {
+      const uint8_t* x = j.xq + m * j.K;
+      for (int r = 0; r < R; ++r) {
+        int32_t s = 0;
+        for (int64_t c = 0; c < blocks; ++c)
+          for (int i = 0; i < kPackCols; ++i) s += int32_t{x[c * kPackCols + i]} * tile[(c * R + r) * kPackCols + i];
+        dot[r] = s;
+      }
+      store_a8(j, m, 1, n, rows, dot, wsum);
+    }
+  }
+}
+
+}  // namespace fastllm::cpu

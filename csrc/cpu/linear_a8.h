@@ -1,0 +1,30 @@
+// W8A8 linear layers (LinearArgs::quantize_x): packed int8 weights times activation rows quantized to
+// int8 on the fly, per row and symmetric (scale = max |x| / 127, codes round half to even), the dot
+// products exact in int32. vpdpbusd multiplies unsigned by signed bytes, so the activation codes are
+// stored as q + 128 and the kernel also sums each weight row: sum_k (q + 128) w = dot + 128 * sum_k w.
+// The output y = float(dot) * sx[m] * scale[n] + bias[n], in that order (the reference,
+// kernels/reference/linear.py, computes the same fp32 operations, so the copies agree to the bit).
+#pragma once
+
+#include <cstdint>
+
+#include "linear_job.h"
+
+namespace fastllm::cpu {
+
+constexpr int32_t kA8Offset = 128;
+
+// Quantizes x (M, K) f32 or bf16 (row stride ldx) into xq (M, Kp) codes + 128, zero codes past K, and
+// sx (M,): a row that holds a NaN or an infinity gets sx = NaN and zero codes (its outputs are NaN).
+void quantize_rows(const void* x, DType dtype, int64_t M, int64_t K, int64_t ldx, int64_t Kp, uint8_t* xq, float* sx);
+
+// Stores one pass over a tile: dot[b * 8 + r] (the u8 x s8 sums of activation rows m0 .. m0 + B - 1 and
+// weight rows n .. n + rows - 1) and wsum[r] (each weight row's sum of codes).
+void store_a8(const Job& job, int64_t m0, int B, int64_t n, int rows, const int32_t* dot, const int32_t* wsum);
+
+// Weight tiles [t0, t1) for all M activation rows: portable C++, and AVX-512 VNNI (isa_avx512vnni.cpp,
+// only on CPUs that have it). Same integers, same results.
+void rows_a8_generic(const Job& job, int64_t t0, int64_t t1);
+void rows_a8_vnni(const Job& job, int64_t t0, int64_t t1);
+
+}  // namespace fastllm::cpu
