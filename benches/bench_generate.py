@@ -13,6 +13,8 @@ decisive), saved with `save_pretrained` and read back by `fastllm.load`. Greedy 
 - "fastllm-int8" and "fastllm-int8-compile": the same model after `fastllm.quant.quantize` (int8 weight-only
   linears, per-row scales, fastllm's C++ kernel); greedy tokens are compared with transformers' fp32 ones and the
   match fraction recorded (int8 weights change some choices). The bound counts the int8 bytes.
+  "fastllm-w8a8-compile": `quantize(model, "w8a8")`, the activations quantized per row too (integer dot products
+  on AVX-512 VNNI, what CTranslate2's int8 mode does), fp32 prompt 16 at batch 1 and 8.
 - `test_int8_perplexity`: the accuracy cost of int8 weights, as the perplexity change of the bundled model (trained
   on real English) on 16k tokens of the English and Python corpora.
 - `test_generate_swa_mla`: the SWA-MLA 262M preset (sliding-window and MLA layers, ring-buffer and latent caches),
@@ -23,6 +25,7 @@ project's dependencies; the issue tracker has their numbers on this machine kind
 Run with `pytest benches/bench_generate.py --benchmark`.
 """
 
+import copy
 import functools
 import itertools
 import math
@@ -48,8 +51,16 @@ CASES = [  # (dtype, prompt length, batch)
     ("bfloat16", 16, 1),
     ("bfloat16", 16, 8),
 ]
-PROVIDERS = ["transformers", "fastllm", "fastllm-compile", "fastllm-int8", "fastllm-int8-compile"]
+PROVIDERS = [
+    "transformers",
+    "fastllm",
+    "fastllm-compile",
+    "fastllm-int8",
+    "fastllm-int8-compile",
+    "fastllm-w8a8-compile",
+]
 INT8_CASES = [("float32", 16, 1), ("float32", 16, 8), ("bfloat16", 16, 1)]  # int8 providers run these
+W8A8_CASES = [("float32", 16, 1), ("float32", 16, 8)]
 _RESULTS: dict[tuple, dict] = {}  # case -> provider -> (ms per step, tokens)
 
 
@@ -118,8 +129,8 @@ def runner(provider: str, path, dtype):
         return run, hf
     model, _ = fastllm.load(path)
     model = model.to(dtype).eval()
-    if "int8" in provider:
-        quantize(model)
+    if "int8" in provider or "w8a8" in provider:
+        quantize(model, "w8a8" if "w8a8" in provider else "int8")
     compile_ = provider.endswith("-compile")
 
     def run(ids, n):
@@ -136,6 +147,8 @@ def test_generate_gpt2(bench, gpt2_dir, dtype, prompt, batch, provider, monkeypa
     monkeypatch.delenv("FASTLLM_KERNELS", raising=False)
     if "int8" in provider and (dtype, prompt, batch) not in INT8_CASES:
         pytest.skip("int8 providers run INT8_CASES only (suite time)")
+    if "w8a8" in provider and (dtype, prompt, batch) not in W8A8_CASES:
+        pytest.skip("the w8a8 provider runs W8A8_CASES only (suite time)")
     run, model = runner(provider, gpt2_dir, DTYPES[dtype])
     ids = prompts(prompt, batch)
     case = (dtype, prompt, batch)
@@ -146,7 +159,7 @@ def test_generate_gpt2(bench, gpt2_dir, dtype, prompt, batch, provider, monkeypa
         want = results["transformers"]["tokens"]
         match = (got == want).double().mean().item()
         bench.extra_info["greedy_match"] = round(match, 4)
-        if dtype == "float32" and "int8" not in provider:
+        if dtype == "float32" and provider in ("fastllm", "fastllm-compile"):
             assert got.tolist() == want.tolist(), f"{provider}: greedy tokens differ from transformers ({match:.1%})"
 
     shape = f"GPT-2 124M, prompt {prompt}, batch {batch}, {NEW_TOKENS} new tokens, greedy"
@@ -222,7 +235,7 @@ def perplexity(model, ids: torch.Tensor, window: int = 256) -> float:
 @pytest.mark.parametrize("corpus", ["english_kjv.txt", "python_stdlib.txt"])
 def test_int8_perplexity(bench, corpus, monkeypatch):
     """The accuracy cost of int8 weights: perplexity of the bundled model (trained on real English) on 16k tokens of
-    a ../shared corpus, fp32 weights against int8 weight-only (fastllm.quant). Not timed."""
+    a ../shared corpus, fp32 weights against int8 weight-only and W8A8 (fastllm.quant). Not timed."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.delenv("FASTLLM_KERNELS", raising=False)
     from conftest import SHARED
@@ -234,12 +247,14 @@ def test_int8_perplexity(bench, corpus, monkeypatch):
     with open(path, encoding="utf-8") as f:
         ids = torch.tensor(tok.encode_ordinary(f.read(150_000))[:16384])
     base = perplexity(model.eval(), ids)
+    a8 = perplexity(quantize(copy.deepcopy(model), "w8a8"), ids)
     qmodel = quantize(model)
     q = bench(perplexity, qmodel, ids, rounds=1, warmup_rounds=0)  # timed: the int8 model's prefill passes
     info = dict(
         tokens=ids.numel(), ppl_fp32=round(base, 4), ppl_int8=round(q, 4), ppl_delta_pct=round(100 * (q / base - 1), 3)
     )
+    info.update(ppl_w8a8=round(a8, 4), ppl_w8a8_delta_pct=round(100 * (a8 / base - 1), 3))
     bench.info(provider="fastllm-int8", shape=f"bundled model, {corpus}", dtype="float32")
     bench.extra_info.update(info)
     bench.row(bench="int8_perplexity", corpus=corpus, **info)
-    assert abs(q / base - 1) < 0.02, info
+    assert abs(q / base - 1) < 0.02 and abs(a8 / base - 1) < 0.02, info

@@ -8,8 +8,10 @@ GB/s counts the weight bytes per call; `bound_fraction` is that over the read ba
 
 Providers: "torch" (F.linear with fp32 or bf16 weights: MKL / oneDNN), "fastllm" (`torch.ops.fastllm.linear`,
 the C++ GEMV the model layer uses for M <= 8), "fastllm-int8" (`fastllm.kernels.int8_linear`, packed int8
-weight-only, per-row scales), "torch-int8" (`torch._weight_int8pack_mm`, the CPU int8 weight-only kernel torchao's
-int8_weight_only uses). Shapes: GPT-2 124M's four layer matmuls and its LM head, Llama-3.2-1B's MLP up projection.
+weight-only, per-row scales), "fastllm-w8a8" (the same weights, activations quantized per row: integer dot products
+on AVX-512 VNNI; checked to the bit against its reference, `int8_linear_w8a8`), "torch-int8"
+(`torch._weight_int8pack_mm`, the CPU int8 weight-only kernel torchao's int8_weight_only uses). Shapes: GPT-2 124M's
+four layer matmuls and its LM head, Llama-3.2-1B's MLP up projection.
 
 Run with `pytest benches/bench_linear.py --benchmark`.
 """
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 import fastllm.kernels as K
 from fastllm.kernels import cpu
+from fastllm.kernels.reference.linear import int8_linear_w8a8
 
 SHAPES = {  # name: (N, K)
     "gpt2-qkv": (2304, 768),
@@ -30,7 +33,7 @@ SHAPES = {  # name: (N, K)
     "gpt2-lm_head": (50257, 768),
     "llama1b-up": (8192, 2048),
 }
-PROVIDERS = ["torch", "fastllm", "fastllm-int8", "torch-int8"]
+PROVIDERS = ["torch", "fastllm", "fastllm-int8", "fastllm-w8a8", "torch-int8"]
 _MEDIANS: dict[tuple, dict[str, float]] = {}
 
 
@@ -57,9 +60,10 @@ def provider_call(provider: str, N: int, Kd: int, dtype: torch.dtype):
         op = F.linear if provider == "torch" else torch.ops.fastllm.linear
         return (lambda x: op(x, w, None)), w.double(), w.numel() * w.element_size()
     w64 = ws["codes"].double() * ws["scale"].double()[:, None]
-    if provider == "fastllm-int8":
+    if provider in ("fastllm-int8", "fastllm-w8a8"):
         packed, scale = ws["packed"], ws["scale"]
-        return (lambda x: K.int8_linear(x, packed, scale)), w64, packed.numel() + 4 * N
+        act = "int8" if provider == "fastllm-w8a8" else "float"
+        return (lambda x: K.int8_linear(x, packed, scale, activations=act)), w64, packed.numel() + 4 * N
     if not hasattr(torch, "_weight_int8pack_mm"):
         pytest.skip("this torch has no _weight_int8pack_mm")
     codes, scale = ws["codes"], ws["scale"].to(dtype)  # its scales are in x's dtype: the weight it computes with
@@ -89,7 +93,10 @@ def test_linear_cpu(bench, shape, M, dtype, provider, monkeypatch):
         got = fn(x).double()
         want = x.double() @ w64.T
         err = (got - want).abs().max().item()
-        if dt == torch.float32:
+        if provider == "fastllm-w8a8":  # its oracle is the W8A8 reference (activations rounded): equal to the bit
+            ws = weights(N, Kd)
+            assert torch.equal(got, int8_linear_w8a8(x, ws["packed"], ws["scale"], None).double())
+        elif dt == torch.float32:
             assert err <= 1e-4 * want.abs().max().item(), f"{provider}: max error {err:.3g}"
         else:  # bf16 activations and output: at most 2x torch's bf16 error on the same weight
             base = (F.linear(x, w64.to(dt)).double() - want).abs().max().item()

@@ -18,6 +18,8 @@ What is measured, always the full Python call that returns Python lists:
   * worst case, ms per MB: text without whitespace (10 MB of the English corpus, mostly pieces of 25-100 bytes) and
     single giant pieces: 10 MB of random letters, a word repeated over 10 MB, runs of 1M 'a' / 'é' / an emoji, and
     1M random CJK characters. tiktoken takes ~10 s per call on the 10 MB pieces, so it is timed over one round.
+    fastllm cuts a piece of 256 kB or more into parts merged on threads within the one call (up to the hardware's
+    threads, at most 8; the ids are the same): `threads_per_piece` records how many its largest piece used.
 Every case first asserts that fastllm's ids equal tiktoken's on that input, then times, then checks the timed
 provider's own output: exact providers must equal tiktoken; tokie is fast but not exact, so whether it matched is
 recorded, not asserted. `speedup_vs_tiktoken` compares medians measured in the same session.
@@ -319,7 +321,7 @@ def record(bench, provider: str, key: tuple, nbytes: int | None, matches: bool, 
         mb_per_s=None if mbps is None else round(mbps, 1),
         p20_p80=bench.extra_info.get("mb_per_s_p20_p80"),
         speedup_vs_tiktoken=speedup, matches=matches,
-        **{k: v for k, v in fields.items() if k.endswith(("_ms", "rss_delta_mb"))},
+        **{k: v for k, v in fields.items() if k.endswith(("_ms", "rss_delta_mb", "_per_piece"))},
     )  # fmt: skip
 
 
@@ -440,8 +442,18 @@ def test_worst_case(bench, provider, encoding, case):
     nbytes = len(text.encode("utf-8"))
     ms_per_mb = None if bench.median_s is None else round(bench.median_s * 1e3 / (nbytes / 1e6), 1)
     bench.extra_info["ms_per_mb"] = ms_per_mb
+    threads = piece_threads(encoding, case) if provider == "fastllm" else 1
     record(bench, provider, ("worst-case", encoding, case), nbytes, matches, encoding=encoding, case=case,
-           per_mb_ms=ms_per_mb)  # fmt: skip
+           per_mb_ms=ms_per_mb, threads_per_piece=threads)  # fmt: skip
+
+
+@lru_cache(maxsize=None)
+def piece_threads(encoding: str, case: str) -> int:
+    """The threads fastllm's encode uses for the largest piece of a worst-case text."""
+    from fastllm import _bpe
+
+    pieces = _bpe.pretokenize(worst_case_text(case), _bpe_py.PATTERNS[encoding])
+    return _bpe.piece_parts(max(len(p.encode("utf-8")) for p in pieces))
 
 
 # ---- first load in a fresh interpreter -----------------------------------------------------------------------

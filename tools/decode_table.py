@@ -10,7 +10,14 @@ int8 perplexity change. Numbers come from the JSON only.
 import json
 import sys
 
-PROVIDERS = ["transformers", "fastllm", "fastllm-compile", "fastllm-int8", "fastllm-int8-compile"]
+PROVIDERS = [
+    "transformers",
+    "fastllm",
+    "fastllm-compile",
+    "fastllm-int8",
+    "fastllm-int8-compile",
+    "fastllm-w8a8-compile",
+]
 
 
 def infos(path: str, name: str) -> list[dict]:
@@ -53,6 +60,7 @@ def main(path: str) -> None:
         print(
             f"- int8 perplexity, bundled model, {e['tokens']} tokens of {e['shape'].split(', ')[-1]}: "
             f"{e['ppl_fp32']} -> {e['ppl_int8']} ({e['ppl_delta_pct']:+.3f}%)"
+            + (f"; w8a8 {e['ppl_w8a8']} ({e['ppl_w8a8_delta_pct']:+.3f}%)" if "ppl_w8a8" in e else "")
         )
     bw = {e["bandwidth_gb_s"] for e in infos(path, "test_generate_gpt2") if "bandwidth_gb_s" in e}
     if bw:
