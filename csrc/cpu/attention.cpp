@@ -36,7 +36,8 @@ void run_items(void* ctx, int index) {
 
 int64_t decode_attention_scratch(const DecodeAttnArgs& a) {
   const int64_t pad = 16;  // attention_kernel.h's attn_padded
-  return kAttnRows * ((a.D + pad - 1) / pad * pad + (a.Dv + pad - 1) / pad * pad + a.C);
+  // queries, accumulators and scores per row, then two int64 offsets per key
+  return kAttnRows * ((a.D + pad - 1) / pad * pad + (a.Dv + pad - 1) / pad * pad + a.C) + 4 * a.C;
 }
 
 void decode_attention(const DecodeAttnArgs& a, int threads) {

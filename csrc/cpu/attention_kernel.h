@@ -10,24 +10,45 @@ inline float to_f32(uint16_t h) { return bf16_to_f32(h); }
 // Floats per row of the padded query and accumulator copies (a multiple of every ISA's lane count).
 inline int64_t attn_padded(int64_t d) { return (d + 15) / 16 * 16; }
 
-// sum_d q[d] * k[d]: q is zero-padded to whole vectors, k is read exactly D elements.
+// dots[u] = sum_d q[d] * k[u][d] for 4 keys at once: 4 accumulators reduced together (V::hsum4), a
+// quarter of the horizontal-sum work of one key at a time. q is zero-padded to whole vectors, each k is
+// read exactly D elements.
 template <class T>
-inline float attn_dot(const float* q, const T* k, int64_t D) {
-  typename V::reg acc = V::zero();
+inline void attn_dot4(const float* q, const T* const* k, int64_t D, float* dots) {
+  typename V::reg acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
   int64_t d = 0;
-  for (; d + V::L <= D; d += V::L) acc = V::fma(V::load(q + d), V::load(k + d), acc);
-  float s = V::hsum(acc);
-  for (; d < D; ++d) s += q[d] * to_f32(k[d]);
-  return s;
+  for (; d + V::L <= D; d += V::L) {
+    const typename V::reg qv = V::load(q + d);
+    FASTLLM_UNROLL for (int u = 0; u < 4; ++u) acc[u] = V::fma(qv, V::load(k[u] + d), acc[u]);
+  }
+  V::hsum4(acc[0], acc[1], acc[2], acc[3], dots);
+  for (; d < D; ++d)
+    for (int u = 0; u < 4; ++u) dots[u] += q[d] * to_f32(k[u][d]);
 }
 
-// acc[d] += p * v[d] for d < Dv.
+// out[d] = sum_j p[j] * v_j[d] for d < Dv (v_j = v + off[j]), accumulated in registers 4 vectors of
+// columns at a time (a tail through memory).
 template <class T>
-inline void attn_axpy(float* acc, float p, const T* v, int64_t Dv) {
-  const typename V::reg pv = V::set1(p);
-  int64_t d = 0;
-  for (; d + V::L <= Dv; d += V::L) V::store(acc + d, V::fma(pv, V::load(v + d), V::load(acc + d)));
-  for (; d < Dv; ++d) acc[d] += p * to_f32(v[d]);
+inline void attn_pv(const float* p, const T* v, const int64_t* off, int64_t n, int64_t Dv, float* out) {
+  constexpr int64_t W = 4 * V::L;
+  int64_t d0 = 0;
+  for (; d0 + W <= Dv; d0 += W) {
+    typename V::reg acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    for (int64_t j = 0; j < n; ++j) {
+      if (p[j] == 0.0f) continue;  // a key this query does not see: never 0 * NaN
+      const typename V::reg pv = V::set1(p[j]);
+      const T* vj = v + off[j] + d0;
+      FASTLLM_UNROLL for (int u = 0; u < 4; ++u) acc[u] = V::fma(pv, V::load(vj + u * V::L), acc[u]);
+    }
+    FASTLLM_UNROLL for (int u = 0; u < 4; ++u) V::store(out + d0 + u * V::L, acc[u]);
+  }
+  if (d0 == Dv) return;
+  for (int64_t d = d0; d < Dv; ++d) out[d] = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    if (p[j] == 0.0f) continue;
+    const T* vj = v + off[j];
+    for (int64_t d = d0; d < Dv; ++d) out[d] += p[j] * to_f32(vj[d]);
+  }
 }
 
 // Work item `item` = ((b * Hkv) + kv head) * groups + group: the group's query rows r = t * G + g
@@ -39,9 +60,11 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
   const int64_t r0 = group * kAttnRows, nr = R - r0 < kAttnRows ? R - r0 : kAttnRows;
   const int64_t L = a.seqlens[b], Dp = attn_padded(a.D), Dvp = attn_padded(a.Dv);
   const int64_t ring = a.C - a.sinks;
-  float* qf = scratch;                    // (nr, Dp) the queries in fp32, zero-padded
-  float* acc = qf + kAttnRows * Dp;       // (nr, Dvp) sum of p * v
-  float* score = acc + kAttnRows * Dvp;   // (nr, n) scores, then probabilities
+  float* qf = scratch;                   // (nr, Dp) the queries in fp32, zero-padded
+  float* acc = qf + kAttnRows * Dp;      // (nr, Dv) sum of p * v
+  float* score = acc + kAttnRows * Dvp;  // (nr, n) scores, then probabilities
+  int64_t* koff = reinterpret_cast<int64_t*>(score + kAttnRows * a.C);  // (n,) key rows' offsets in the cache
+  int64_t* voff = koff + a.C;                                           // (n,) value rows' offsets
   int64_t qpos[kAttnRows], head[kAttnRows];
   // The keys: positions [lo, L) (lo: the oldest any query of the group sees) and the sinks below lo.
   int64_t lo = L;
@@ -54,33 +77,41 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
     lo = first < lo ? first : lo;
     const T* q = static_cast<const T*>(a.q) + b * a.q_sb + t * a.q_st + head[i] * a.q_sh;
     for (int64_t d = 0; d < Dp; ++d) qf[i * Dp + d] = d < a.D ? to_f32(q[d]) : 0.0f;
-    for (int64_t d = 0; d < Dvp; ++d) acc[i * Dvp + d] = 0.0f;
   }
   const int64_t nsink = a.window > 0 ? (a.sinks < lo ? a.sinks : lo) : 0;
   const int64_t n = nsink + (L - lo);  // 0 when every query sits at a negative position
+  auto position = [&](int64_t j) { return j < nsink ? j : lo + (j - nsink); };
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t s = position(j), slot = s < a.sinks ? s : a.sinks + (s - a.sinks) % ring;
+    koff[j] = slot * a.k_sc;
+    voff[j] = slot * a.v_sc;
+  }
   const T* kb = static_cast<const T*>(a.k) + b * a.k_sb + kv * a.k_sh;
   const T* vb = static_cast<const T*>(a.v) + b * a.v_sb + kv * a.v_sh;
-  auto position = [&](int64_t j) { return j < nsink ? j : lo + (j - nsink); };
-  auto slot = [&](int64_t s) { return s < a.sinks ? s : a.sinks + (s - a.sinks) % ring; };
-  // Pass 1: scores (-inf where a query does not see the key), each key row read once for all queries.
+  // Pass 1: scores (-inf where a query does not see the key), 4 keys at a time; a partial group repeats
+  // its first key (a written slot), whose extra dots are dropped.
   constexpr float kNegInf = -__builtin_inff();
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t s = position(j);
-    const T* k = kb + slot(s) * a.k_sc;
+  for (int64_t j0 = 0; j0 < n; j0 += 4) {
+    const int64_t nk = n - j0 < 4 ? n - j0 : 4;
+    const T* k[4];
+    for (int u = 0; u < 4; ++u) k[u] = kb + koff[j0 + (u < nk ? u : 0)];
     for (int64_t i = 0; i < nr; ++i) {
-      const int64_t dist = qpos[i] - s;
-      const bool seen = dist >= 0 && (a.window <= 0 || dist < a.window || s < a.sinks);
-      float x = kNegInf;
-      if (seen) {
-        x = attn_dot(qf + i * Dp, k, a.D) * a.scale;
-        if (a.alibi != nullptr) x -= a.alibi[head[i]] * static_cast<float>(dist);
-        if (a.rel_bias != nullptr) x += a.rel_bias[head[i] * a.rel_len + (dist < a.rel_len ? dist : a.rel_len - 1)];
+      float dots[4];
+      attn_dot4(qf + i * Dp, k, a.D, dots);
+      for (int64_t u = 0; u < nk; ++u) {
+        const int64_t s = position(j0 + u), dist = qpos[i] - s;
+        const bool seen = dist >= 0 && (a.window <= 0 || dist < a.window || s < a.sinks);
+        float x = kNegInf;
+        if (seen) {
+          x = dots[u] * a.scale;
+          if (a.alibi != nullptr) x -= a.alibi[head[i]] * static_cast<float>(dist);
+          if (a.rel_bias != nullptr) x += a.rel_bias[head[i] * a.rel_len + (dist < a.rel_len ? dist : a.rel_len - 1)];
+        }
+        score[i * n + j0 + u] = x;
       }
-      score[i * n + j] = x;
     }
   }
-  // Pass 2: softmax per query (max first: exp never overflows), then p * v over the keys.
-  float total[kAttnRows];
+  // Pass 2: softmax per query (max first: exp never overflows), p * v, the output.
   for (int64_t i = 0; i < nr; ++i) {
     float* p = score + i * n;
     float m = kNegInf;
@@ -90,19 +121,12 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
       p[j] = p[j] == kNegInf ? 0.0f : __builtin_expf(p[j] - m);
       sum += p[j];
     }
-    total[i] = sum;
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    const T* v = vb + slot(position(j)) * a.v_sc;
-    for (int64_t i = 0; i < nr; ++i)
-      if (score[i * n + j] != 0.0f) attn_axpy(acc + i * Dvp, score[i * n + j], v, a.Dv);  // never 0 * NaN
-  }
-  for (int64_t i = 0; i < nr; ++i) {
-    const int64_t r = r0 + i, t = r / G;
-    const float inv = total[i] > 0.0f ? 1.0f / total[i] : 0.0f;  // a query that sees no key outputs 0
+    attn_pv(p, vb, voff, n, a.Dv, acc + i * Dvp);
+    const int64_t t = (r0 + i) / G;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a query that sees no key outputs 0
     T* o = static_cast<T*>(a.o) + ((b * a.Tq + t) * a.H + head[i]) * a.Dv;
     for (int64_t d = 0; d < a.Dv; ++d) {
-      const float x = acc[i * Dvp + d] * inv;
+      const float x = n > 0 ? acc[i * Dvp + d] * inv : 0.0f;
       if constexpr (sizeof(T) == 4)
         o[d] = x;
       else

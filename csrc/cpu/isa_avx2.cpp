@@ -39,6 +39,11 @@ struct V {
     const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));                                   // 2 lanes
     return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
   }
+  static void hsum4(reg a, reg b, reg c, reg d, float* out) {  // out[i] = the sum of the i-th vector
+    const reg ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);  // pairs, per 128-bit half
+    const reg abcd = _mm256_hadd_ps(ab, cd);                          // per half: a b c d
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+  }
 };
 
 #include "linear_kernel.h"

@@ -41,6 +41,16 @@ struct V {
   static void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(reg a) { return _mm512_reduce_add_ps(a); }
+  static void hsum4(reg a, reg b, reg c, reg d, float* out) {  // out[i] = the sum of the i-th vector
+    const reg ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+    const reg cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xee));
+    reg t = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));  // 128-bit: a b c d
+    t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4e));
+    t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xb1));
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, t);
+    out[0] = lanes[0], out[1] = lanes[4], out[2] = lanes[8], out[3] = lanes[12];
+  }
 };
 
 #include "linear_kernel.h"

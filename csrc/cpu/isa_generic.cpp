@@ -49,6 +49,9 @@ struct V {
     for (int i = 0; i < L; ++i) s += a.v[i];
     return s;
   }
+  static void hsum4(reg a, reg b, reg c, reg d, float* out) {
+    out[0] = hsum(a), out[1] = hsum(b), out[2] = hsum(c), out[3] = hsum(d);
+  }
 };
 
 #include "linear_kernel.h"
