@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <exception>
 #include <thread>
 
@@ -63,6 +64,22 @@ PyObject* id_object(uint32_t id) {
 py::list to_list(const std::vector<uint32_t>& ids) {
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(ids.size()));
   if (list == nullptr) throw py::error_already_set();
+  // The list of a giant piece's ids is tens of megabytes of fresh pages, whose first writes cost ~2 us a page:
+  // those faults are taken on the threads a giant piece may use (the items are NULL already; zeros are written).
+  constexpr size_t kFaultChunk = size_t{1} << 20;  // items
+  size_t threads = ids.size() >= 2 * kFaultChunk ? fastllm::PieceThreads::hardware().threads : 1;
+  if (threads > 1) {
+    PyObject** items = reinterpret_cast<PyListObject*>(list)->ob_item;
+    std::atomic<size_t> next{0};
+    auto touch = [&] {
+      for (size_t lo; (lo = next.fetch_add(kFaultChunk)) < ids.size();)
+        std::memset(static_cast<void*>(items + lo), 0, std::min(kFaultChunk, ids.size() - lo) * sizeof(PyObject*));
+    };
+    std::vector<std::thread> pool;
+    for (size_t t = 1; t < threads; ++t) pool.emplace_back(touch);
+    touch();
+    for (std::thread& t : pool) t.join();
+  }
   for (size_t i = 0; i < ids.size(); ++i) {
     PyObject* v = id_object(ids[i]);
     if (v == nullptr) {
@@ -163,6 +180,23 @@ void parallel_for(size_t n, size_t threads, Fn fn) {
   if (error) std::rethrow_exception(error);
 }
 
+// How a call may split a giant piece: `threads` None means the hardware's (PieceThreads::hardware), `min_part`
+// None the default part size (tests make it small, to cut short pieces into many parts).
+fastllm::PieceThreads piece_threads(py::object threads, py::object min_part) {
+  fastllm::PieceThreads t = threads.is_none() ? fastllm::PieceThreads::hardware() : fastllm::PieceThreads{};
+  if (!threads.is_none()) {
+    long n = threads.cast<long>();
+    if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));
+    t.threads = static_cast<unsigned>(std::min<long>(n, 64));
+  }
+  if (!min_part.is_none()) {
+    long n = min_part.cast<long>();
+    if (n < 1) throw py::value_error("min_part must be >= 1, got " + std::to_string(n));
+    t.min_part = static_cast<size_t>(n);
+  }
+  return t;
+}
+
 size_t default_threads(py::object num_threads) {
   if (num_threads.is_none()) return std::max(1u, std::thread::hardware_concurrency());
   long n = num_threads.cast<long>();
@@ -180,14 +214,18 @@ py::tuple encode_batch(const CoreBPE& bpe, const py::list& texts, py::object pol
   std::vector<SpecialPolicy> pol = ordinary ? std::vector<SpecialPolicy>{} : policy_of(policy.cast<py::bytes>());
   std::vector<std::vector<uint32_t>> out(n);
   std::vector<long> bad(n, -1);
+  // A giant piece may use the threads that the batch leaves idle (all of them for one text), no more.
+  fastllm::PieceThreads per_text;
+  per_text.threads = static_cast<unsigned>(std::clamp<size_t>(threads / std::max<size_t>(n, 1), 1,
+                                                              fastllm::PieceThreads::hardware().threads));
   {
     py::gil_scoped_release release;
     parallel_for(n, threads, [&](size_t i) {
       // Encode into a local vector: out[i] and out[i + 1] share a cache line, and threads take
       // neighbouring texts, so appending to out[i] directly would bounce that line between cores.
       std::vector<uint32_t> ids;
-      if (ordinary) bpe.encode_ordinary(utf8[i].view, ids);
-      else bad[i] = bpe.encode(utf8[i].view, pol, ids);
+      if (ordinary) bpe.encode_ordinary(utf8[i].view, ids, per_text);
+      else bad[i] = bpe.encode(utf8[i].view, pol, ids, per_text);
       out[i] = std::move(ids);
     });
   }
@@ -286,31 +324,34 @@ PYBIND11_MODULE(_bpe, m) {
           py::arg("vocab"), py::arg("merges"), py::arg("specials"), py::arg("pattern"), py::arg("ignore_merges") = false)
       .def(
           "encode_ordinary",
-          [](const CoreBPE& bpe, py::handle text) {
+          [](const CoreBPE& bpe, py::handle text, py::object threads, py::object min_part) {
             Utf8 s = utf8_of(text);
+            fastllm::PieceThreads pt = piece_threads(threads, min_part);
             std::vector<uint32_t> ids;
             {
               py::gil_scoped_release release;
-              bpe.encode_ordinary(s.view, ids);
+              bpe.encode_ordinary(s.view, ids, pt);
             }
             return to_list(ids);
           },
-          py::arg("text"))
+          py::arg("text"), py::arg("threads") = py::none(), py::arg("min_part") = py::none())
       .def(
           "encode",
-          [](const CoreBPE& bpe, py::handle text, const py::bytes& policy) -> py::object {
+          [](const CoreBPE& bpe, py::handle text, const py::bytes& policy, py::object threads, py::object min_part)
+              -> py::object {
             Utf8 s = utf8_of(text);
             std::vector<SpecialPolicy> pol = policy_of(policy);
+            fastllm::PieceThreads pt = piece_threads(threads, min_part);
             std::vector<uint32_t> ids;
             long bad;
             {
               py::gil_scoped_release release;
-              bad = bpe.encode(s.view, pol, ids);
+              bad = bpe.encode(s.view, pol, ids, pt);
             }
             if (bad >= 0) return py::int_(bad);  // index of a disallowed special found in the text
             return to_list(ids);
           },
-          py::arg("text"), py::arg("policy"))
+          py::arg("text"), py::arg("policy"), py::arg("threads") = py::none(), py::arg("min_part") = py::none())
       .def("encode_batch", &encode_batch, py::arg("texts"), py::arg("policy"), py::arg("num_threads"))
       .def(
           "decode_bytes",
@@ -362,7 +403,9 @@ PYBIND11_MODULE(_bpe, m) {
       .def("merges", &CoreBPE::merges, py::call_guard<py::gil_scoped_release>())
       .def(
           "merge_piece",
-          [](const CoreBPE& bpe, const py::bytes& piece, const std::string& algo) -> py::object {
+          [](const CoreBPE& bpe, const py::bytes& piece, const std::string& algo, py::object threads,
+             py::object min_part) -> py::object {
+            fastllm::PieceThreads pt = piece_threads(threads, min_part);
             CoreBPE::MergeAlgo a;
             if (algo == "small") a = CoreBPE::MergeAlgo::kSmall;
             else if (algo == "queue") a = CoreBPE::MergeAlgo::kQueue;
@@ -373,13 +416,14 @@ PYBIND11_MODULE(_bpe, m) {
             bool ok;
             {
               py::gil_scoped_release release;
-              ok = bpe.merge_piece(view, a, ids);
+              ok = bpe.merge_piece(view, a, ids, pt);
             }
             if (!ok) return py::none();
             return to_list(ids);
           },
-          py::arg("piece"), py::arg("algo"),
-          "BPE of one piece's bytes by one algorithm (tests): a list of ids, or None if 'linear' is not available.");
+          py::arg("piece"), py::arg("algo"), py::arg("threads") = 1, py::arg("min_part") = py::none(),
+          "BPE of one piece's bytes by one algorithm (tests): a list of ids, or None if 'linear' is not available.\n"
+          "'linear' cuts the piece into up to `threads` parts of `min_part` bytes or more, merged in parallel.");
 
   m.def(
       "pretokenize",
@@ -397,6 +441,9 @@ PYBIND11_MODULE(_bpe, m) {
         return out;
       },
       py::arg("text"), py::arg("pattern"), "Pieces of `text` under a pre-tokenization pattern (for tests).");
+  m.def(
+      "piece_parts", [](size_t n) { return fastllm::PieceThreads::hardware().parts(n); }, py::arg("nbytes"),
+      "Into how many parts (threads) a single call cuts a piece of `nbytes` bytes by default (benchmarks).");
   bind_train(m);
   m.def("byte_to_unicode", [](int b) {
     if (b < 0 || b > 255) throw py::value_error("byte out of range");

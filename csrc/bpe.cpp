@@ -278,7 +278,7 @@ struct PieceCache {
 };
 
 inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, PieceCache& cache,
-                                  std::vector<uint32_t>& out) const {
+                                  const PieceThreads& threads, std::vector<uint32_t>& out) const {
   if (n == 1) {
     out.push_back(byte_id_[static_cast<unsigned char>(*p)]);
     return;
@@ -289,7 +289,7 @@ inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, 
     return;
   }
   if (n > PieceCache::kMaxBytes) {
-    if (const BacktrackTables* bt = backtrack_for(n)) merge_backtrack(*bt, p, n, cache.backtrack, out);
+    if (const BacktrackTables* bt = backtrack_for(n)) merge_backtrack(*bt, p, n, cache.backtrack, out, threads);
     else if (n <= kSmallPiece) merge_small(p, n, out);
     else merge_large(p, n, out);
     return;
@@ -314,7 +314,7 @@ inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, 
 
 // ==== Encoding ====
 
-void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const {
+void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out, const PieceThreads& threads) const {
   thread_local std::vector<Span> spans;
   spans.clear();
   pretokenizer_->split(text, spans);
@@ -338,17 +338,19 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out)
   for (size_t b = 0; b < spans.size(); b += kBlock) {
     size_t e = std::min(spans.size(), b + kBlock);
     for (size_t i = b; i < e; ++i) {
-      keys[i - b] = make_key(text.data() + spans[i].first, spans[i].second - spans[i].first,
-                             text.size() - spans[i].first);
+      size_t len = spans[i].second - spans[i].first;
+      // A piece longer than any token is never looked up: its megabytes are not hashed.
+      keys[i - b] = len > BytesMap::kMaxLen ? BytesKey{} : make_key(text.data() + spans[i].first, len,
+                                                                    text.size() - spans[i].first);
       ordinary_.prefetch(keys[i - b]);
     }
     for (size_t i = b; i < e; ++i)
-      encode_piece(text.data() + spans[i].first, spans[i].second - spans[i].first, keys[i - b], cache, out);
+      encode_piece(text.data() + spans[i].first, spans[i].second - spans[i].first, keys[i - b], cache, threads, out);
   }
 }
 
-long CoreBPE::encode(std::string_view text, const std::vector<SpecialPolicy>& policy,
-                     std::vector<uint32_t>& out) const {
+long CoreBPE::encode(std::string_view text, const std::vector<SpecialPolicy>& policy, std::vector<uint32_t>& out,
+                     const PieceThreads& threads) const {
   auto policy_of = [&](size_t k) {
     if (!specials_[k].special) return SpecialPolicy::kAllowed;
     return k < policy.size() ? policy[k] : SpecialPolicy::kDisallowed;
@@ -372,12 +374,12 @@ long CoreBPE::encode(std::string_view text, const std::vector<SpecialPolicy>& po
     }
     if (disallowed) return best;
     if (best < 0) continue;  // only specials encoded as text start here
-    encode_ordinary(text.substr(start, i - start), out);
+    encode_ordinary(text.substr(start, i - start), out, threads);
     out.push_back(specials_[best].id);
     start = i + specials_[best].text.size();
     i = start - 1;
   }
-  encode_ordinary(text.substr(start), out);
+  encode_ordinary(text.substr(start), out, threads);
   return -1;
 }
 

@@ -10,6 +10,7 @@
 // Ties go to the leftmost pair in both. Pieces come from a Pretokenizer (pretokenize.h).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -39,6 +40,22 @@ struct SpecialToken {
   std::string text;
   uint32_t id;
   bool special;  // false: an HF "added token" that is always split out, whatever the policy
+};
+
+// How one encode call may split a giant piece over threads (bpe_backtrack.cpp: why the ids stay exact).
+// A piece of n bytes is cut into min(threads, n / min_part) parts when that is 2 or more.
+struct PieceThreads {
+  unsigned threads = 1;
+  // A part costs ~30 ms/MB of merging, a thread ~50 us to start: parts of 128 KB keep the start-up under 2%.
+  size_t min_part = size_t{1} << 17;
+
+  // The hardware's threads, at most 8: past that the serial rest of a call (pre-tokenization, the Python
+  // list) costs more than the merging.
+  static PieceThreads hardware();
+  // Parts of a piece of n bytes (1: merged serially).
+  size_t parts(size_t n) const {
+    return std::max<size_t>(1, std::min<size_t>(threads, n / std::max<size_t>(min_part, 1)));
+  }
 };
 
 // What encode() does with each special token found in the text (indexed like specials()).
@@ -127,11 +144,13 @@ class CoreBPE {
   static std::unique_ptr<CoreBPE> from_tokenizer_json(TokenizerJson& doc, std::vector<SpecialToken> specials,
                                                       std::string_view pattern, bool ignore_merges);
 
-  void encode_ordinary(std::string_view text, std::vector<uint32_t>& out) const;
+  // `threads`: how a giant piece may be split (the default: one thread). The ids never depend on it.
+  void encode_ordinary(std::string_view text, std::vector<uint32_t>& out, const PieceThreads& threads = {}) const;
   // Splits out specials per `policy` (one entry per specials() element; missing entries mean
   // disallowed). Returns -1, or the index of the first disallowed special found, in which case
   // `out` is unspecified.
-  long encode(std::string_view text, const std::vector<SpecialPolicy>& policy, std::vector<uint32_t>& out) const;
+  long encode(std::string_view text, const std::vector<SpecialPolicy>& policy, std::vector<uint32_t>& out,
+              const PieceThreads& threads = {}) const;
   // Appends the bytes of `ids`; throws BpeError naming the first id that is not in the vocabulary.
   void decode(const uint32_t* ids, size_t n, std::string& out) const;
 
@@ -149,9 +168,10 @@ class CoreBPE {
   const Pretokenizer& pretokenizer() const { return *pretokenizer_; }
   // Merges one piece's bytes (no pre-tokenization, no whole-token shortcut) with a chosen algorithm,
   // for tests and benchmarks. kSmall needs n <= 96; kLinear returns false if the vocabulary does not
-  // allow it (bpe_backtrack.h). All give the same ids.
+  // allow it (bpe_backtrack.h), and splits the piece per `threads`. All give the same ids.
   enum class MergeAlgo { kSmall, kQueue, kLinear };
-  bool merge_piece(std::string_view piece, MergeAlgo algo, std::vector<uint32_t>& out) const;
+  bool merge_piece(std::string_view piece, MergeAlgo algo, std::vector<uint32_t>& out,
+                   const PieceThreads& threads = {}) const;
 
   // Merges in priority order (for saving an HF tokenizer.json). For a ranks vocabulary: by rank, the
   // split of each token that BPE builds, as BPE of its own bytes makes it (bpe.cpp: why exactly those).
@@ -172,13 +192,18 @@ class CoreBPE {
   void init_tokens(Vocab& vocab, std::vector<SpecialToken>& specials, std::string_view pattern);
   void init_merges(Merges merges, bool ignore_merges);
   void init_byte_pairs();
-  void encode_piece(const char* p, size_t n, const BytesKey& key, PieceCache& cache,
+  void encode_piece(const char* p, size_t n, const BytesKey& key, PieceCache& cache, const PieceThreads& threads,
                     std::vector<uint32_t>& out) const;
   void merge_small(const char* p, size_t n, std::vector<uint32_t>& out) const;
   void merge_large(const char* p, size_t n, std::vector<uint32_t>& out) const;
-  // Linear time (bpe_backtrack.cpp).
+  // Linear time (bpe_backtrack.cpp); a giant piece is split over threads per `threads`.
   void merge_backtrack(const BacktrackTables& bt, const char* p, size_t n, BacktrackScratch& scratch,
-                       std::vector<uint32_t>& out) const;
+                       std::vector<uint32_t>& out, const PieceThreads& threads = {}) const;
+  // The same over `parts` threads; false (and `out` as it was) if the parts' encodings do not agree soon
+  // enough (bpe_backtrack.cpp), or a part hits a dead end, which tables that passed build_backtrack's checks
+  // never do.
+  bool merge_backtrack_parallel(const BacktrackTables& bt, const char* p, size_t n, size_t parts,
+                                BacktrackScratch& scratch, std::vector<uint32_t>& out) const;
   // The tables once kBacktrackAfter bytes of long pieces have come (counting this one of n bytes), else
   // nullptr; also nullptr if the vocabulary needs the other paths.
   const BacktrackTables* backtrack_for(size_t n) const;

@@ -2,11 +2,24 @@
 // bpe_backtrack.h for why it gives exactly the ids of rank-ordered BPE).
 #include "bpe_backtrack.h"
 
+#include <algorithm>
+#include <exception>
+#include <system_error>
+#include <thread>
+
 #include "bpe.h"
 
 namespace fastllm {
 
 CoreBPE::~CoreBPE() = default;  // here, where BacktrackTables is complete
+
+PieceThreads PieceThreads::hardware() {
+  // Asked once: hardware_concurrency() reads /sys (syscalls), and every encode call asks.
+  static const unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  PieceThreads t;
+  t.threads = threads;
+  return t;
+}
 
 const BacktrackTables* CoreBPE::backtrack_tables() const {
   std::call_once(backtrack_once_, [this] {
@@ -22,7 +35,8 @@ const BacktrackTables* CoreBPE::backtrack_for(size_t n) const {
   return backtrack_tables();
 }
 
-bool CoreBPE::merge_piece(std::string_view piece, MergeAlgo algo, std::vector<uint32_t>& out) const {
+bool CoreBPE::merge_piece(std::string_view piece, MergeAlgo algo, std::vector<uint32_t>& out,
+                          const PieceThreads& threads) const {
   if (piece.empty()) return true;
   switch (algo) {
     case MergeAlgo::kSmall:
@@ -35,7 +49,7 @@ bool CoreBPE::merge_piece(std::string_view piece, MergeAlgo algo, std::vector<ui
     case MergeAlgo::kLinear:
       if (const BacktrackTables* bt = backtrack_tables()) {
         BacktrackScratch scratch;
-        merge_backtrack(*bt, piece.data(), piece.size(), scratch, out);
+        merge_backtrack(*bt, piece.data(), piece.size(), scratch, out, threads);
         return true;
       }
       return false;
@@ -83,6 +97,7 @@ std::unique_ptr<BacktrackTables> CoreBPE::build_backtrack() const {
     bt->handle_of[t] = h;
     prio_of[t] = prio;
     pool.push_back(Entry{t, kNone, static_cast<uint16_t>(tokens_[t].len), 1});
+    bt->max_len = std::max(bt->max_len, tokens_[t].len);
     pool.push_back(Entry{key(t), prio, 0, 0});
     if (prio > 0) {
       uint32_t src = bt->handle_of[left];
@@ -173,22 +188,32 @@ std::unique_ptr<BacktrackTables> CoreBPE::build_backtrack() const {
   return bt;
 }
 
-// Greedy longest match with backtracking over token handles, kept in `out` past `first` as a stack
-// (and made ids at the end). `dead` marks positions that no valid encoding of the piece reaches with a
-// token boundary (the encoding of a prefix is unique, so a position that failed once fails always).
-void CoreBPE::merge_backtrack(const BacktrackTables& bt, const char* p, size_t n, BacktrackScratch& scratch,
-                              std::vector<uint32_t>& out) const {
+namespace {
+
+// Where the backtracking encoder stands in a piece p[0, n): its stack (handles, in `out` past `first`) is the
+// BPE encoding of p[0, pos), and `next` is the token to try at pos (the longest match there, or the token
+// just popped, whose shorter prefixes come next).
+struct Walk {
+  size_t pos;
+  uint32_t next;
+};
+
+// Greedy longest match with backtracking, from `w` until pos >= stop (<= n). `dead` marks positions that no
+// valid encoding of the piece reaches with a token boundary (the encoding of a prefix is unique, so a position
+// that failed once fails always); it must cover every position up to min(n, stop - 1 + bt.max_len). Returns
+// false if no token fits with the stack empty, which cannot happen for tables that passed build_backtrack's
+// checks.
+//
+// Every token pushed forms a valid pair with the one below it, so at each return the stack is a sequence of
+// reachable tokens whose neighbouring pairs are all valid: the BPE encoding of p[0, pos) (bpe_backtrack.h).
+bool backtrack_steps(const BacktrackTables& bt, const char* p, size_t n, size_t stop, size_t first, Walk& w,
+                     std::vector<uint64_t>& dead, std::vector<uint32_t>& out) {
   constexpr uint32_t kNone = BacktrackTables::kNone;
-  const size_t first = out.size();
-  // A giant piece makes about n / 2 tokens: grow `out` once, not by doubling (copies of megabytes).
-  if (n > (size_t{1} << 16) && out.capacity() - first < n / 2) out.reserve(first + n / 2);
-  std::vector<uint64_t>& dead = scratch.dead;
-  dead.assign(n / 64 + 1, 0);
   auto is_dead = [&](size_t i) { return (dead[i >> 6] >> (i & 63)) & 1; };
   auto prefetch = [&](uint32_t h) { __builtin_prefetch(&bt.pool[h]); };
-  size_t pos = 0;
-  uint32_t next = bt.trie.longest(p, n, prefetch);
-  while (pos < n) {
+  size_t pos = w.pos;
+  uint32_t next = w.next;
+  while (pos < stop) {
     uint32_t t = next, last = out.size() > first ? out.back() : kNone;
     while (true) {
       size_t end = pos + bt.len(t);
@@ -200,11 +225,7 @@ void CoreBPE::merge_backtrack(const BacktrackTables& bt, const char* p, size_t n
       }
       t = bt.shorter(t);
       if (t == kNone) {
-        if (last == kNone) {  // cannot happen for tables that passed build_backtrack's checks
-          out.resize(first);
-          merge_large(p, n, out);
-          return;
-        }
+        if (last == kNone) return false;
         dead[pos >> 6] |= uint64_t{1} << (pos & 63);
         out.pop_back();
         pos -= bt.len(last);
@@ -213,8 +234,180 @@ void CoreBPE::merge_backtrack(const BacktrackTables& bt, const char* p, size_t n
       }
     }
   }
+  w = Walk{pos, next};
+  return true;
+}
+
+// Words of `dead` for positions up to min(n, stop - 1 + max_len).
+size_t dead_words(const BacktrackTables& bt, size_t n, size_t stop) {
+  return std::min(n, stop - 1 + bt.max_len) / 64 + 1;
+}
+
+// Runs fn(i) for i in [0, count): 0 on this thread, the others on threads of their own (here, if no thread can
+// be started). Rethrows the first exception once all have finished.
+template <typename Fn>
+void on_threads(size_t count, Fn fn) {
+  std::vector<std::exception_ptr> error(count);
+  auto run = [&](size_t i) {
+    try {
+      fn(i);
+    } catch (...) {
+      error[i] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(count);
+  size_t i = 1;
+  try {
+    for (; i < count; ++i) pool.emplace_back(run, i);
+  } catch (const std::system_error&) {
+    for (; i < count; ++i) run(i);
+  }
+  run(0);
+  for (std::thread& t : pool) t.join();
+  for (std::exception_ptr& e : error)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace
+
+void CoreBPE::merge_backtrack(const BacktrackTables& bt, const char* p, size_t n, BacktrackScratch& scratch,
+                              std::vector<uint32_t>& out, const PieceThreads& threads) const {
+  if (n == 0) return;
+  size_t parts = threads.parts(n);
+  if (parts >= 2 && merge_backtrack_parallel(bt, p, n, parts, scratch, out)) return;
+  const size_t first = out.size();
+  // A giant piece makes up to n tokens (random letters: 0.6 n): room for them once, not by doubling (copies of
+  // megabytes). Pages never written cost nothing.
+  if (n > (size_t{1} << 16) && out.capacity() - first < n) out.reserve(first + n);
+  scratch.dead.assign(n / 64 + 1, 0);
+  Walk w{0, bt.trie.longest(p, n)};
+  if (!backtrack_steps(bt, p, n, n, first, w, scratch.dead, out)) {
+    out.resize(first);
+    merge_large(p, n, out);
+    return;
+  }
   for (size_t i = first; i < out.size(); ++i) out[i] = bt.id(out[i]);
   scratch.trim();
+}
+
+// One giant piece over `parts` threads. Part i starts at byte b[i] and is encoded on its own: E_i, the BPE
+// encoding of p[b[i], n), built by a backtracking encoder started at b[i] (phase 1 runs each encoder in its own
+// thread until it passes b[i + 1]). Then, from the right, each encoder goes on past b[i + 1] until its stack
+// ends at a position q that is a token boundary of E_{i + 1} and its top token forms a valid pair with E_{i + 1}'s
+// token starting at q; E_i is then its stack followed by E_{i + 1} from q (phase 2, serial; usually a few tokens).
+//
+// Why that is exact: the stack is the BPE encoding of p[b[i], q) (backtrack_steps), so all its neighbouring pairs
+// are valid; E_{i + 1} from a token boundary q is a tail of a valid sequence, so all its pairs are valid too; the
+// pair at q was checked. A sequence of reachable tokens whose neighbouring pairs are all valid is the BPE encoding
+// of its bytes, and the only one (bpe_backtrack.h), so E_i is the BPE encoding of p[b[i], n), and E_0 that of the
+// piece. An encoder that reaches the end of the piece first is the serial encoder from b[i]: E_i is its stack.
+bool CoreBPE::merge_backtrack_parallel(const BacktrackTables& bt, const char* p, size_t n, size_t parts,
+                                       BacktrackScratch& scratch, std::vector<uint32_t>& out) const {
+  // Part starts (any offsets would be exact; these make the parts' own encodings agree with the piece's sooner).
+  // The encoding of a run of one symbol ('a' * n, an emoji repeated) is periodic from the piece's start, and a
+  // part's encoding from an offset off that period never shares a boundary with it: offsets are multiples of
+  // 20160 = 2^6 * 3^2 * 5 * 7 (every period up to 10 bytes, and most short ones, divides it) where parts are
+  // large enough, then moved off UTF-8 continuation bytes.
+  constexpr size_t kAlign = 20160;
+  const size_t align = n / parts >= 4 * kAlign ? kAlign : 1;
+  std::vector<size_t> b{0};
+  for (size_t i = 1; i < parts; ++i) {
+    size_t at = std::max(b.back() + 1, (i * n / parts + align / 2) / align * align);
+    for (int k = 0; k < 3 && at < n && (static_cast<unsigned char>(p[at]) & 0xC0) == 0x80; ++k) ++at;
+    if (at < n) b.push_back(at);
+  }
+  parts = b.size();
+  b.push_back(n);
+
+  struct Part {
+    std::vector<uint32_t> own_stack;
+    std::vector<uint64_t> own_dead;
+    std::vector<uint32_t>* stack;  // part 0 works in `out` and the caller's scratch
+    std::vector<uint64_t>* dead;
+    size_t first = 0;
+    Walk w{0, 0};
+    bool ok = false;
+  };
+  std::vector<Part> part(parts);
+  const size_t first = out.size();
+  for (size_t i = 0; i < parts; ++i) {
+    part[i].stack = i == 0 ? &out : &part[i].own_stack;
+    part[i].dead = i == 0 ? &scratch.dead : &part[i].own_dead;
+    part[i].first = i == 0 ? first : 0;
+  }
+  on_threads(parts, [&](size_t i) {
+    Part& q = part[i];
+    const char* s = p + b[i];
+    size_t m = n - b[i], stop = b[i + 1] - b[i];
+    // Room for every token at once (at most one a byte): part 0 grows into the whole piece's ids in `out`.
+    q.stack->reserve(q.first + (i == 0 ? n : stop + bt.max_len));
+    q.dead->assign(dead_words(bt, m, stop), 0);
+    q.w = Walk{0, bt.trie.longest(s, m)};
+    q.ok = backtrack_steps(bt, s, m, stop, q.first, q.w, *q.dead, *q.stack);
+  });
+  auto give_up = [&] {
+    out.resize(first);
+    return false;
+  };
+  for (Part& q : part)
+    if (!q.ok) return give_up();
+
+  // E_i as runs of part stacks: stack[from, to) of `part`, whose first token starts at byte `pos`.
+  struct Run {
+    size_t part, from, to, pos;
+  };
+  std::vector<Run> tail{{parts - 1, 0, part[parts - 1].stack->size(), b[parts - 1]}}, joined;
+  for (size_t i = parts - 1; i-- > 0;) {
+    Part& q = part[i];
+    const char* s = p + b[i];
+    size_t m = n - b[i];
+    // Where agreement is given up on. Text whose encodings from b[i] and b[i + 1] never agree (a period they
+    // are not aligned to) would otherwise make each encoder run to the piece's end: O(parts * n). Past this
+    // the serial merge takes over, for at most ~1.1 times its own time.
+    size_t limit = std::min(n, b[i + 1] + (b[i + 1] - b[i]) / 16 + 4096);
+    // A cursor over E_{i + 1}: token k of run r, starting at byte at.
+    size_t r = 0, k = tail[0].from, at = tail[0].pos;
+    bool synced = false;
+    while (true) {
+      size_t here = b[i] + q.w.pos;
+      while (at < here) {
+        at += bt.len((*part[tail[r].part].stack)[k]);
+        if (++k == tail[r].to && ++r < tail.size()) k = tail[r].from;
+      }
+      if (at == here && here < n && bt.valid_pair(q.stack->back(), (*part[tail[r].part].stack)[k])) {
+        synced = true;
+        break;
+      }
+      if (q.w.pos == m) break;
+      if (here > limit) return give_up();
+      size_t words = dead_words(bt, m, q.w.pos + 1);
+      if (q.dead->size() < words) q.dead->resize(std::min(std::max(words, 2 * q.dead->size()), m / 64 + 1), 0);
+      if (!backtrack_steps(bt, s, m, q.w.pos + 1, q.first, q.w, *q.dead, *q.stack)) return give_up();
+    }
+    joined.assign(1, Run{i, q.first, q.stack->size(), b[i]});
+    if (synced) {
+      joined.push_back(Run{tail[r].part, k, tail[r].to, at});
+      joined.insert(joined.end(), tail.begin() + static_cast<long>(r) + 1, tail.end());
+    }
+    tail.swap(joined);
+  }
+
+  // E_0: its runs made ids where they lie (in parallel), then appended to part 0's, already in place in `out`.
+  on_threads(tail.size(), [&](size_t j) {
+    std::vector<uint32_t>& st = *part[tail[j].part].stack;
+    for (size_t k = tail[j].from; k < tail[j].to; ++k) st[k] = bt.id(st[k]);
+  });
+  size_t total = 0;
+  for (const Run& run : tail) total += run.to - run.from;
+  out.resize(first + (tail[0].to - tail[0].from));
+  out.reserve(first + total);
+  for (size_t j = 1; j < tail.size(); ++j) {
+    const std::vector<uint32_t>& st = *part[tail[j].part].stack;
+    out.insert(out.end(), st.begin() + static_cast<long>(tail[j].from), st.begin() + static_cast<long>(tail[j].to));
+  }
+  scratch.trim();
+  return true;
 }
 
 }  // namespace fastllm

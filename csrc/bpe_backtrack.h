@@ -8,7 +8,9 @@
 // returns exactly the two; the BPE encoding of a text is then the one sequence of reachable tokens in
 // which every neighbouring pair is compatible. The encoder finds it greedily (longest token first,
 // shorter ones on a conflict, backing up one token when none fits) and remembers dead positions in a
-// bitmap, so each position is given up at most once: linear time for a bounded token length.
+// bitmap, so each position is given up at most once: linear time for a bounded token length. The same
+// uniqueness lets one giant piece be cut into parts merged on threads and joined where their encodings meet
+// (CoreBPE::merge_backtrack_parallel).
 //
 // Compatibility is decided by unwinding the two merge trees from their roots, latest merge first, and
 // checking that the pair straddling the boundary at each step would not have merged before the merge
@@ -51,6 +53,7 @@ struct BacktrackTables {
   PairMap canonical;                // (key, key) -> {prio, token id} for canonical splits of longer tokens
   std::vector<uint64_t> bloom;      // 2^kBloomBits bits, one per hashed canonical pair: an L2-sized pre-check
   PrefixTrie trie;                  // reachable tokens -> handles
+  uint32_t max_len = 1;             // bytes of the longest reachable token
 
   static constexpr uint64_t kMissing = UINT64_MAX;
   static constexpr unsigned kBloomBits = 21;

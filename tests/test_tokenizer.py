@@ -899,6 +899,7 @@ def test_million_char_run(name, run):
     theirs = time.perf_counter() - start
     print(f"{name} {run}*1M: fastllm {ours * 1e3:.1f} ms, tiktoken {theirs * 1e3:.1f} ms")
     assert_ids(ids, expected, f"{run} * 1M")
+    assert_ids(tok._core.encode_ordinary(text, threads=8), expected, f"{run} * 1M on 8 threads")
 
 
 def test_ten_megabytes_without_spaces():
@@ -1017,6 +1018,83 @@ def test_linear_tables_built_while_threads_encode():
     texts = ["".join(rng.choices("abcdefgh", k=200_000)) for _ in range(8)]  # 8 pieces, 1.6 MB in all
     for text, ids in zip(texts, tok.encode_ordinary_batch(texts, num_threads=4)):
         assert_ids(ids, tok._core.merge_piece(text.encode(), "queue"), "a 200 kB piece in a batch")
+
+
+# ==== one giant piece over threads ============================================================================
+# A piece of 2 * min_part bytes or more is cut into parts merged on threads and stitched where the parts' own
+# encodings agree with the one coming from the left (bpe_backtrack.cpp). The core's encode_ordinary, encode and
+# merge_piece take `threads` and `min_part` (tests only): parts of a few bytes put many cuts into short texts.
+
+
+def _giant_texts(name: str) -> dict[str, str]:
+    """Single pieces of 3 kB to 60 kB (tiktoken takes ~0.3 s per MB on such pieces) of the kinds of the bench."""
+    rng = random.Random(11)
+    english = regex.sub(r"[^A-Za-z]", "", corpus(CORPORA / "english_kjv.txt")[:80_000])
+    return {
+        "letters": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=40_000)),
+        "english-no-spaces": english,
+        "word": "tokenization" * 3000,
+        "vocab-words": "".join(rng.choices(vocab_words(name), k=6000)),
+        "a-run": "a" * 30_001,
+        "e-acute-run": "\u00e9" * 20_000,
+        "emoji-run": "\U0001f600" * 10_000,
+        "cjk": "".join(rng.choices([chr(c) for c in range(0x4E00, 0xA000)], k=10_000)),
+        "ab": "".join(rng.choices("ab", k=30_000)),
+        "aab-runs": "".join("a" * rng.randint(1, 40) + "b" for _ in range(2000)),
+    }
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_giant_piece_parts_match_tiktoken(name):
+    """Every kind of piece, 2 to 8 parts, parts down to one byte: tiktoken's ids and the serial merge's."""
+    from fastllm import _bpe
+
+    require(*CORPUS_FILES)
+    tok, enc = native(name), tt(name)
+    core = tok._core
+    core.merge_piece(b"ab", "linear")  # builds the tables
+    rng = random.Random(5)
+    for kind, text in _giant_texts(name).items():
+        expected = enc.encode_ordinary(text)
+        assert len(_bpe.pretokenize(text, core.pattern)) == 1, f"{kind} is one piece"
+        assert_ids(core.merge_piece(text.encode(), "linear"), expected, f"{name} {kind} serial", enc.decode)
+        for threads in range(2, 9):
+            min_part = rng.choice([1, 7, 300, 4096])
+            what = f"{name} {kind} threads={threads} min_part={min_part}"
+            assert_ids(core.encode_ordinary(text, threads=threads, min_part=min_part), expected, what, enc.decode)
+
+
+@pytest.mark.parametrize("name", MAIN)
+@hyp_settings
+@given(data=st.data())
+def test_giant_piece_parts_any_bytes(name, data):
+    """Any bytes (not one piece under the pattern: merge_piece takes them whole), any cuts: the serial merge's ids."""
+    core = native(name)._core
+    alphabet = data.draw(st.sampled_from([b"ab", b"abc", b"a\xc3\xa9", b"\xe4\xb8\x80a", bytes(range(256))]))
+    size = data.draw(st.integers(1, 3000), label="size")
+    piece = bytes(data.draw(st.lists(st.sampled_from(alphabet), min_size=size, max_size=size), label="piece"))
+    threads, min_part = data.draw(st.integers(2, 8), label="threads"), data.draw(st.integers(1, 600), label="min_part")
+    expected = core.merge_piece(piece, "queue")
+    assert_ids(core.merge_piece(piece, "linear", threads=threads, min_part=min_part), expected, f"{piece[:40]!r}")
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_giant_piece_default_parts(name):
+    """Pieces of 1 MB with the default part size (parts start at aligned offsets) on 2 to 8 threads, through
+    encode_ordinary, encode and a batch of one text: tiktoken's ids."""
+    tok, enc = native(name), tt(name)
+    letters = "".join(random.Random(6).choices("abcdefghijklmnopqrstuvwxyz", k=1_000_000))
+    for text in ["a" * 1_000_000, "\U0001f600" * 250_000, letters]:
+        expected = enc.encode_ordinary(text)
+        for threads in (2, 5, 8):
+            assert_ids(tok._core.encode_ordinary(text, threads=threads), expected, f"{text[:8]!r}... {threads} threads")
+        assert_ids(tok._core.encode(text, tok._policy("all", ()), threads=3), expected, f"{text[:8]!r}... encode")
+        assert_ids(tok.encode_ordinary_batch([text], num_threads=4)[0], expected, f"{text[:8]!r}... batch of one")
+        assert_ids(tok.encode_ordinary(text), expected, f"{text[:8]!r}... hardware threads")
+    with pytest.raises(ValueError, match="threads"):
+        tok._core.encode_ordinary("ab", threads=0)
+    with pytest.raises(ValueError, match="min_part"):
+        tok._core.merge_piece(b"ab", "linear", min_part=0)
 
 
 # ==== batches =================================================================================================

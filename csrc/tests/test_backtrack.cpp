@@ -233,12 +233,114 @@ static void test_gpt2_vocabulary() {
   }
 }
 
+// One piece cut into parts merged on threads (merge_backtrack_parallel): the ids of the serial merge for every
+// number of parts and part size, down to parts of one byte, on vocabularies trained on two or three symbols (the
+// parts' own encodings agree with the piece's late, if ever) and on GPT-2's.
+static std::vector<uint32_t> merge_parts(const CoreBPE& bpe, const std::string& s, unsigned threads, size_t min_part) {
+  PieceThreads pt;
+  pt.threads = threads;
+  pt.min_part = min_part;
+  std::vector<uint32_t> out = {7};  // the parts' ids are appended after what `out` holds
+  if (!bpe.merge_piece(s, Algo::kLinear, out, pt)) return {CoreBPE::kNoToken};
+  out.erase(out.begin());
+  return out;
+}
+
+static void test_parallel_trained() {
+  std::mt19937 rng(4);
+  const std::string alphabets[] = {"ab", "abc", "aab", "ab\xc3\xa9"};
+  for (int round = 0; round < 8; ++round) {
+    const std::string& alphabet = alphabets[round % 4];
+    CoreBPE::Vocab vocab;
+    CoreBPE::Merges m;
+    train(random_text(rng, alphabet, 3000), 60 + rng() % 200, vocab, m);
+    auto ranks = CoreBPE::from_ranks(vocab, {}, "gpt2");
+    auto merges = CoreBPE::from_merges(vocab, m, {}, "gpt2");
+    for (int trial = 0; trial < 24; ++trial) {
+      size_t n = 1 + rng() % 1500;
+      std::string s;
+      switch (trial % 4) {
+        case 0: s = std::string(n, alphabet[0]); break;  // a run: the parts' encodings never align
+        case 1: s = random_text(rng, alphabet, n); break;
+        case 2:
+          for (std::string w = random_text(rng, alphabet, 1 + rng() % 7); s.size() < n;) s += w;
+          break;
+        default: s = random_text(rng, alphabet.substr(0, 2), n / 2) + std::string(n / 2, alphabet[1]);
+      }
+      for (const CoreBPE* bpe : {ranks.get(), merges.get()}) {
+        std::vector<uint32_t> serial = merge(*bpe, s, Algo::kLinear);
+        CHECK(serial == merge(*bpe, s, Algo::kQueue));
+        for (unsigned threads = 2; threads <= 8; ++threads) {
+          size_t min_part = trial % 3 == 0 ? 1 : 1 + rng() % 64;
+          CHECK(merge_parts(*bpe, s, threads, min_part) == serial);
+        }
+      }
+    }
+  }
+}
+
+static void test_parallel_gpt2() {
+  std::string dir = FASTLLM_ASSETS;
+  auto [vocab, merges] = load_gpt2_files(dir + "/encoder.json", dir + "/vocab.bpe");
+  auto bpe = CoreBPE::from_merge_text(vocab, merges, {}, "gpt2", "encoder.json");
+  std::mt19937 rng(5);
+  const std::string words[] = {"token", "ization", "the", "heaven", "earth", "and", "Lord", "said", "unto", "Moses"};
+  auto text_of = [&](int kind, size_t n) {
+    std::string s;
+    switch (kind) {
+      case 0: return random_text(rng, "abcdefghijklmnopqrstuvwxyz", n);
+      case 1: while (s.size() < n) s += "tokenization"; break;
+      case 2: while (s.size() < n) s += words[rng() % 10]; break;  // words run together
+      case 3: return std::string(n, 'a');
+      case 4: while (s.size() < n) s += "\xc3\xa9"; break;              // a run of a 2-byte character
+      case 5: while (s.size() < n) s += "\xf0\x9f\x98\x80"; break;      // of an emoji
+      case 6: return random_text(rng, "\xe4\xb8\x80\xe4\xb8\x81\xc3\xa9", n);  // bytes of multi-byte characters
+      default: for (size_t i = 0; i < n; ++i) s += static_cast<char>(rng() % 256);
+    }
+    return s;
+  };
+  for (int trial = 0; trial < 64; ++trial) {
+    std::string s = text_of(trial % 8, 1 + rng() % 6000);
+    std::vector<uint32_t> serial = merge(*bpe, s, Algo::kLinear);
+    if (trial < 16) CHECK(serial == merge(*bpe, s, Algo::kQueue));
+    for (unsigned threads = 2; threads <= 8; ++threads)
+      CHECK(merge_parts(*bpe, s, threads, 1 + rng() % (trial % 2 ? 16 : 1000)) == serial);
+  }
+  // Pieces large enough for aligned part offsets (parts of 4 * 20160 bytes and more), through encode_ordinary.
+  for (int kind = 0; kind < 8; ++kind) {
+    std::string s = text_of(kind, 400000 + rng() % 1000);
+    std::vector<uint32_t> serial = merge(*bpe, s, Algo::kLinear);
+    for (unsigned threads : {2u, 3u, 5u}) {
+      PieceThreads pt;
+      pt.threads = threads;
+      pt.min_part = 50000;
+      std::vector<uint32_t> out;
+      if (kind == 7) {  // random bytes are many pieces to encode_ordinary
+        CHECK(merge_parts(*bpe, s, threads, pt.min_part) == serial);
+        continue;
+      }
+      bpe->encode_ordinary(s, out, pt);
+      CHECK(out == serial);
+    }
+  }
+  // Runs cut at offsets off their period (parts too small for aligned offsets): the parts' encodings never agree,
+  // and the serial merge takes over.
+  for (size_t n : {150007, 150010}) {
+    std::string run(n, 'a'), emoji;
+    while (emoji.size() < n) emoji += "\xf0\x9f\x98\x80";
+    for (const std::string& s : {run, emoji}) CHECK(merge_parts(*bpe, s, 3, 1000) == merge(*bpe, s, Algo::kLinear));
+  }
+  CHECK(PieceThreads::hardware().threads >= 1 && PieceThreads::hardware().threads <= 8);
+}
+
 int main() {
   test_prefix_trie();
   test_trained_vocabularies();
   test_random_vocabularies();
   test_refused_vocabulary_still_exact();
   test_gpt2_vocabulary();
+  test_parallel_trained();
+  test_parallel_gpt2();
   if (g_failures) std::fprintf(stderr, "%d check(s) failed\n", g_failures);
   else std::printf("test_backtrack: all checks passed\n");
   return g_failures ? 1 : 0;
