@@ -140,7 +140,10 @@ def pick(op: str, device: torch.device, reference: Callable) -> Callable:
 
 
 def use_cpu_kernel(op: str, device: torch.device) -> bool:
-    """Whether a call of `op` (one of CPU_OPS) on `device` runs fastllm's C++ CPU kernel."""
+    """Whether a call of `op` (one of CPU_OPS) on `device` runs fastllm's C++ CPU kernel (for an op with a Triton
+    kernel too: only where the rule above picks the reference)."""
     if op not in CPU_OPS:
         raise ValueError(f"{op!r} has no C++ CPU kernel; those that do: {CPU_OPS}")
-    return device.type == "cpu" and forced_backend() != "reference"
+    if device.type != "cpu" or forced_backend() == "reference":
+        return False
+    return op not in OPS or backend_for(op, device) == "reference"

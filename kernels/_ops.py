@@ -174,8 +174,7 @@ def _swa_decode(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_
 
 def _swa_decode_cpu(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias):
     args = (q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias)
-    cpu = _dispatch.backend_for("swa_decode", q.device) == "reference" and _cpu.supports_attention(q)
-    if not (cpu and _dispatch.use_cpu_kernel("swa_decode", q.device)):
+    if not (_cpu.supports_attention(q) and _dispatch.use_cpu_kernel("swa_decode", q.device)):
         return _swa_decode(*args)
     return _cpu.swa_decode(*args[:4], _window(window), *args[5:])  # the C++ kernel (fp32, bf16)
 
@@ -337,9 +336,9 @@ def _greedy_cpu(op, logits, temperature, top_k, top_p, min_p, repetition_penalty
     """The ids of a CPU call in which every row is greedy, through the C++ argmax (torch's is ~10x slower on the
     CPU); None for any other call. Same checks and errors as the reference, whose ids it equals."""
     device = logits.device
-    if not (_cpu.supports_greedy(logits) and _dispatch.backend_for(op, device) == "reference"):
+    if not (_cpu.supports_greedy(logits) and _dispatch.use_cpu_kernel(op, device)):
         return None
-    if not (_dispatch.use_cpu_kernel(op, device) and bool((temperature == 0).all())):
+    if not bool((temperature == 0).all()):
         return None
     params = (temperature, top_k, top_p, min_p, repetition_penalty, prev_tokens)
     rows = zip(top_k.tolist(), top_p.tolist(), min_p.tolist(), repetition_penalty.tolist())  # B is a batch size
@@ -384,55 +383,33 @@ sample_philox = _inference_op(
 )
 
 
-# ---- int8 weight-only linear (inference only: no autograd) -----------------------------------------------------
+# ---- int8 linears, weight-only and W8A8 (inference only: no autograd) -------------------------------------------
 
 
-def _int8_linear_cpu(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
-    if (
-        x.numel() <= _cpu.MAX_M_PACKED * x.shape[-1]
-        and x.dtype in _cpu.X_DTYPES
-        and _dispatch.use_cpu_kernel("int8_linear", x.device)
-    ):
-        return _cpu.linear_int8_packed(x, packed, scale, bias)
-    return _int8_linear_ref(x, packed, scale, bias).contiguous()
+def _packed_linear_op(name: str, reference: Callable, quantize_x: bool):
+    """fastllm::<name>(x, packed, scale, bias): the C++ kernel for decode-sized CPU calls, `reference` otherwise."""
+
+    def any_device(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+        return reference(x, packed, scale, bias).contiguous()
+
+    def cpu(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
+        if (
+            x.numel() <= _cpu.MAX_M_PACKED * x.shape[-1]
+            and x.dtype in _cpu.X_DTYPES
+            and _dispatch.use_cpu_kernel(name, x.device)
+        ):
+            return _cpu.linear_int8_packed(x, packed, scale, bias, quantize_x)
+        return any_device(x, packed, scale, bias)
+
+    def fake(x, packed, scale, bias):
+        return x.new_empty(*x.shape[:-1], scale.shape[0])
+
+    schema = f"{name}(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor"
+    return _inference_op(schema, any_device, fake, cpu=cpu)
 
 
-def _int8_linear_any(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
-    return _int8_linear_ref(x, packed, scale, bias).contiguous()
-
-
-def _int8_linear_fake(x, packed, scale, bias):
-    return x.new_empty(*x.shape[:-1], scale.shape[0])
-
-
-int8_linear = _inference_op(
-    "int8_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor",
-    _int8_linear_any,
-    _int8_linear_fake,
-    cpu=_int8_linear_cpu,
-)
-
-
-def _w8a8_linear_cpu(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
-    if (
-        x.numel() <= _cpu.MAX_M_PACKED * x.shape[-1]
-        and x.dtype in _cpu.X_DTYPES
-        and _dispatch.use_cpu_kernel("w8a8_linear", x.device)
-    ):
-        return _cpu.linear_int8_packed(x, packed, scale, bias, quantize_x=True)
-    return _w8a8_linear_ref(x, packed, scale, bias).contiguous()
-
-
-def _w8a8_linear_any(x: Tensor, packed: Tensor, scale: Tensor, bias: Tensor | None) -> Tensor:
-    return _w8a8_linear_ref(x, packed, scale, bias).contiguous()
-
-
-w8a8_linear = _inference_op(
-    "w8a8_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor",
-    _w8a8_linear_any,
-    _int8_linear_fake,
-    cpu=_w8a8_linear_cpu,
-)
+int8_linear = _packed_linear_op("int8_linear", _int8_linear_ref, quantize_x=False)
+w8a8_linear = _packed_linear_op("w8a8_linear", _w8a8_linear_ref, quantize_x=True)
 
 
 # ---- linear with float weights: the C++ GEMV for decode-sized CPU calls, F.linear otherwise (no autograd) -------

@@ -27,7 +27,29 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
 
+from fastllm import _cpu  # noqa: E402
+
+# The instruction sets of fastllm's C++ CPU kernels that this CPU runs (tests parametrize the `isa` fixture with them)
+CPU_ISAS = [isa for isa in ("avx512", "avx2", "generic") if _cpu.force_isa(isa)]
+_cpu.force_isa("")
+
 
 @pytest.fixture(autouse=True)
 def _kernel_backend(request, monkeypatch):
     monkeypatch.setenv("FASTLLM_KERNELS", "triton" if request.node.get_closest_marker("triton") else "reference")
+
+
+@pytest.fixture
+def isa(request):
+    """Forces the C++ CPU kernels' instruction set to request.param (one of CPU_ISAS) for the test."""
+    assert _cpu.force_isa(request.param)
+    yield request.param
+    _cpu.force_isa("")
+
+
+@pytest.fixture
+def cpu_kernels(monkeypatch):
+    """The dispatch users get on the CPU: C++ kernels on, the Triton interpreter off (the default here forces
+    `reference`)."""
+    monkeypatch.setenv("FASTLLM_KERNELS", "auto")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)

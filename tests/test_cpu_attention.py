@@ -7,14 +7,11 @@ import threading
 
 import pytest
 import torch
+from conftest import CPU_ISAS
 
 import fastllm.kernels as K
-from fastllm import _cpu
 from fastllm.kernels import cpu
 from fastllm.kernels.reference.attention import swa_decode as reference
-
-ISAS = [isa for isa in ("avx512", "avx2", "generic") if _cpu.force_isa(isa)]
-_cpu.force_isa("")
 
 # (B, Tq, H, Hkv, D, Dv, C, window, sinks): D and Dv off the vector widths, every GQA ratio, rings that wrap
 CASES = [
@@ -26,13 +23,6 @@ CASES = [
     (2, 8, 16, 1, 8, 5, 30, 20, 0),  # 128 query rows per kv head: several work items each
     (1, 2, 2, 2, 1, 1, 5, 3, 1),
 ]
-
-
-@pytest.fixture
-def isa(request):
-    assert _cpu.force_isa(request.param)
-    yield request.param
-    _cpu.force_isa("")
 
 
 def inputs(case, dtype, seed, biases=False):
@@ -55,7 +45,7 @@ def fp64(q, k, v, L, window, scale, sinks, alibi, rel):
     return reference(d[0], d[1], d[2], L, window, **kw)
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("biases", [False, True])
 @pytest.mark.parametrize("case", CASES)
@@ -129,15 +119,13 @@ def test_threads_give_the_same_bits():
     assert all(torch.equal(o, want) for got in out for o in got)
 
 
-def test_public_swa_decode_dispatch(monkeypatch):
+def test_public_swa_decode_dispatch(cpu_kernels, monkeypatch):
     """CPU calls of fastllm.kernels.swa_decode go to the C++ kernel unless FASTLLM_KERNELS=reference (or the Triton
     interpreter is on); both paths agree."""
     calls = []
     real = cpu.swa_decode
     monkeypatch.setattr(cpu, "swa_decode", lambda *a: calls.append(1) or real(*a))
     q, k, v, L, window, scale, sinks, _, _ = inputs(CASES[2], torch.float32, 0)
-    monkeypatch.setenv("FASTLLM_KERNELS", "auto")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     fast = K.swa_decode(q, k, v, L, window, sink_tokens=sinks)
     assert calls == [1]
     monkeypatch.setenv("FASTLLM_KERNELS", "reference")

@@ -14,34 +14,19 @@ import threading
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import CPU_ISAS
 
 import fastllm
 import fastllm.kernels as K
-from fastllm import _cpu, engine
+from fastllm import engine
 from fastllm.kernels import cpu
 from fastllm.models import PRESETS
 from fastllm.quant import Int8Linear, quantize
 
-ISAS = [isa for isa in ("avx512", "avx2", "generic") if _cpu.force_isa(isa)]
-_cpu.force_isa("")
 SHAPES = [(37, 19), (203, 130), (9, 64), (1, 1), (70, 257), (130, 768)]  # (N, K)
 ROWS = [1, 2, 3, 5, 8, 11]
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 DEFAULT_MODEL = os.path.join(os.path.dirname(fastllm.__file__), "assets", "default")
-
-
-@pytest.fixture
-def isa(request):
-    assert _cpu.force_isa(request.param)
-    yield request.param
-    _cpu.force_isa("")
-
-
-@pytest.fixture
-def cpu_kernels(monkeypatch):
-    """The dispatch users get on the CPU: C++ kernels on, the Triton interpreter off (conftest forces `reference`)."""
-    monkeypatch.setenv("FASTLLM_KERNELS", "auto")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
 def torch_error(x, w, b, dtype):
@@ -54,7 +39,7 @@ def torch_error(x, w, b, dtype):
 # ---- the kernels against fp64 ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("N,Kd", SHAPES)
 def test_linear_matches_fp64(isa, dtype, N, Kd):
@@ -74,7 +59,7 @@ def test_linear_matches_fp64(isa, dtype, N, Kd):
                 assert err <= 2 * ref_err + 1e-6, (M, err, ref_err)
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("N,Kd", SHAPES)
 def test_int8_packed_matches_fp64(isa, dtype, N, Kd):
@@ -96,7 +81,7 @@ def test_int8_packed_matches_fp64(isa, dtype, N, Kd):
                 assert err <= tol, (M, err)
 
 
-@pytest.mark.parametrize("isa", ISAS, indirect=True)
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("N,Kd", SHAPES)
 def test_w8a8_matches_reference_to_the_bit(isa, dtype, N, Kd):

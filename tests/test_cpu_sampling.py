@@ -9,12 +9,6 @@ import fastllm.kernels as K
 from fastllm.kernels import cpu
 
 
-@pytest.fixture
-def cpu_kernels(monkeypatch):
-    monkeypatch.setenv("FASTLLM_KERNELS", "auto")
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-
-
 def rows(V, seed):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(9, V, generator=g)

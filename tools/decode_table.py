@@ -10,15 +10,6 @@ int8 perplexity change. Numbers come from the JSON only.
 import json
 import sys
 
-PROVIDERS = [
-    "transformers",
-    "fastllm",
-    "fastllm-compile",
-    "fastllm-int8",
-    "fastllm-int8-compile",
-    "fastllm-w8a8-compile",
-]
-
 
 def infos(path: str, name: str) -> list[dict]:
     data = json.load(open(path))
@@ -32,18 +23,20 @@ def gpt2_table(rows: list[dict]) -> str:
         prompt = int(shape.split("prompt ")[1].split(",")[0])
         batch = int(shape.split("batch ")[1].split(",")[0])
         cases.setdefault((e["dtype"], prompt, batch), {})[e["provider"]] = e
-    head = ["GPT-2 124M", *PROVIDERS, "best vs transformers", "best vs bound"]
+    # the bench's providers in the order it ran them (transformers first: the others are compared with it)
+    providers = sorted(dict.fromkeys(e["provider"] for e in rows), key=lambda p: p != "transformers")
+    head = ["GPT-2 124M", *providers, "best vs transformers", "best vs bound"]
     out = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for (dtype, prompt, batch), by in cases.items():
         cells = []
-        for p in PROVIDERS:
+        for p in providers:
             e = by.get(p)
             if e is None:
                 cells.append("–")
                 continue
             tok = f" ({e['tok_per_s']:.0f} tok/s)" if p.endswith("compile") else ""
             cells.append(f"{e['ms_per_token']:.1f} ms{tok}")
-        fast = [by[p] for p in PROVIDERS[1:] if p in by]
+        fast = [e for p, e in by.items() if p != "transformers"]
         best = min(fast, key=lambda e: e["ms_per_token"]) if fast else None
         speed = f"{best['speedup_vs_transformers']:.2f}x ({best['provider']})" if best and "transformers" in by else "–"
         bound = f"{best['bound_fraction']:.0%} of {best['bound_ms']:.1f} ms" if best else "–"

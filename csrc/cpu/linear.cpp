@@ -12,6 +12,7 @@
 #include <mutex>
 #include <vector>
 
+#include "bf16.h"
 #include "linear_a8.h"
 #include "linear_job.h"
 #include "pool.h"
@@ -149,10 +150,7 @@ void linear(const LinearArgs& a, int threads) {
         continue;
       }
       const uint16_t* src = static_cast<const uint16_t*>(a.x) + m * a.ldx;
-      for (int64_t k = 0; k < a.K; ++k) {
-        const uint32_t bits = static_cast<uint32_t>(src[k]) << 16;
-        std::memcpy(dst + k, &bits, 4);
-      }
+      for (int64_t k = 0; k < a.K; ++k) dst[k] = widen(src[k]);
     }
     x = widened.data();
   }

@@ -2,37 +2,14 @@
 #include "linear_a8.h"
 
 #include <cmath>
-#include <cstring>
+
+#include "bf16.h"
 
 namespace fastllm::cpu {
 namespace {
 
 float load(const void* x, DType dtype, int64_t i) {
-  if (dtype == DType::f32) return static_cast<const float*>(x)[i];
-  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(x)[i]) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-uint16_t to_bf16(float f) {  // round to nearest even, NaN stays NaN
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-}  // namespace
-
-namespace {
-
-inline float widen(float x) { return x; }
-inline float widen(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
+  return dtype == DType::f32 ? static_cast<const float*>(x)[i] : widen(static_cast<const uint16_t*>(x)[i]);
 }
 
 // One row, in loops the compiler vectorizes (no libm calls): codes round half to even by the 1.5 * 2^23

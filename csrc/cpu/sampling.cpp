@@ -1,18 +1,11 @@
 #include "sampling.h"
 
 #include <cmath>
-#include <cstring>
+
+#include "bf16.h"
 
 namespace fastllm::cpu {
 namespace {
-
-inline float widen(float x) { return x; }
-inline float widen(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 // Three passes the compiler vectorizes (each loop alone: merged, they are not): the max, whether a NaN is
 // present (tracked apart: whether a NaN survives a comparison depends on the operand order), and the
