@@ -7,10 +7,12 @@ GB/s counts the weight bytes per call; `bound_fraction` is that over the read ba
 (`memory_bandwidth` of bench_generate, all threads). Weights are 16-128 MB per case set, mostly past the caches.
 
 Providers: "torch" (F.linear with fp32 or bf16 weights: MKL / oneDNN), "fastllm" (`torch.ops.fastllm.linear`,
-the C++ GEMV the model layer uses for M <= 8), "fastllm-int8" (`fastllm.kernels.int8_linear`, packed int8
-weight-only, per-row scales), "fastllm-w8a8" (the same weights, activations quantized per row: integer dot products
-on AVX-512 VNNI; checked to the bit against its reference, `int8_linear_w8a8`), "torch-int8"
-(`torch._weight_int8pack_mm`, the CPU int8 weight-only kernel torchao's int8_weight_only uses). Shapes: GPT-2 124M's
+the C++ GEMV the model layer uses for M <= 8), "fastllm-packed" (`fastllm::linear_packed`: the same kernel on the
+weight packed in 8-row tiles by `fastllm.kernels.pack_weight`, what the compiled bf16 decode step runs),
+"fastllm-int8" (`fastllm.kernels.int8_linear`, packed int8 weight-only, per-row scales), "fastllm-w8a8" (the same
+weights, activations quantized per row: integer dot products on AVX-512 VNNI; checked to the bit against its
+reference, `int8_linear_w8a8`), "torch-int8" (`torch._weight_int8pack_mm`, the CPU int8 weight-only kernel
+torchao's int8_weight_only uses). Shapes: GPT-2 124M's
 four layer matmuls and its LM head, Llama-3.2-1B's MLP up projection.
 
 Run with `pytest benches/bench_linear.py --benchmark`.
@@ -33,7 +35,7 @@ SHAPES = {  # name: (N, K)
     "gpt2-lm_head": (50257, 768),
     "llama1b-up": (8192, 2048),
 }
-PROVIDERS = ["torch", "fastllm", "fastllm-int8", "fastllm-w8a8", "torch-int8"]
+PROVIDERS = ["torch", "fastllm", "fastllm-packed", "fastllm-int8", "fastllm-w8a8", "torch-int8"]
 _MEDIANS: dict[tuple, dict[str, float]] = {}
 
 
@@ -59,6 +61,10 @@ def provider_call(provider: str, N: int, Kd: int, dtype: torch.dtype):
         w = ws["w"].to(dtype)
         op = F.linear if provider == "torch" else torch.ops.fastllm.linear
         return (lambda x: op(x, w, None)), w.double(), w.numel() * w.element_size()
+    if provider == "fastllm-packed":
+        w = ws["w"].to(dtype)
+        packed = K.pack_weight(w)
+        return (lambda x: torch.ops.fastllm.linear_packed(x, packed, None, N)), w.double(), w.numel() * w.element_size()
     w64 = ws["codes"].double() * ws["scale"].double()[:, None]
     if provider in ("fastllm-int8", "fastllm-w8a8"):
         packed, scale = ws["packed"], ws["scale"]

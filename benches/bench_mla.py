@@ -4,10 +4,11 @@ Every bench reports the bytes of cache one decode step reads per layer: the late
 shared by all heads) against a standard MHA cache with the same model dims (K and V per head: H (Dn + Dr + Dv)
 values per token), for two model shapes: the SWA-MLA 262M preset (H=16, R=256) and DeepSeek-V2 (H=128, R=512).
 
-- `test_mla_decode_cpu`: the eager reference on the CPU. Provider "reference" is the absorbed decode
-  (q_nope W_UK, `mla_decode` over the latent rows, o_latent W_UV^T), "torch" decompresses K and V per head and
-  attends (`mla_decode_naive`); they are checked against each other first, and extra_info gets the speedup of the
-  absorbed form (the second provider of a pair run records it).
+- `test_mla_decode_cpu`: fp32 on the CPU. Provider "reference" is the absorbed decode (q_nope W_UK, `mla_decode`
+  over the latent rows, o_latent W_UV^T) with the eager reference, "fastllm" the same with the C++ decode attention
+  kernel (`fastllm.kernels.cpu.mla_decode`, what CPU calls of the op run), "torch" decompresses K and V per head and
+  attends (`mla_decode_naive`); each is checked against the other form first, and extra_info gets the speedup of
+  the absorbed forms over "torch" and of "fastllm" over "reference".
 - `test_mla_decode_cuda`: provider "triton" (the split-KV kernel, bf16, pages of 64 tokens) against "reference" on
   a CUDA device, after an equivalence check; extra_info gets the achieved GB/s of latent cache read and its fraction
   of the device's DRAM bandwidth (from the memory clock and bus width). Skipped without CUDA.
@@ -15,10 +16,13 @@ values per token), for two model shapes: the SWA-MLA 262M preset (H=16, R=256) a
 Run with `pytest benches/bench_mla.py --benchmark`.
 """
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fastllm.kernels import cpu
 from fastllm.kernels import reference as ref
 from fastllm.kernels.triton import mla
 
@@ -49,11 +53,16 @@ def decode_inputs(dims: dict, B: int, L: int, dtype, device, generator):
     return q_nope, q_rope, w_uk, w_uv, kv, (Dn + Dr) ** -0.5
 
 
-def absorbed_decode(q_nope, q_rope, w_uk, w_uv, kv, seqlens, scale):
-    """The model's decode step: W_UK into the query, attend over the latent rows, W_UV out. (B, 1, H, Dv)."""
+def absorbed_decode(q_nope, q_rope, w_uk, w_uv, kv, seqlens, scale, decode=ref.mla_decode):
+    """The model's decode step: W_UK into the query, attend over the latent rows (`decode`: the reference or the
+    C++ kernel), W_UV out. (B, 1, H, Dv)."""
     q = torch.cat([torch.einsum("bthd,hdr->bthr", q_nope, w_uk), q_rope], dim=-1)  # (B, 1, H, R + Dr)
-    o_lat, _ = ref.mla_decode(q, kv, seqlens, kv_lora_rank=w_uk.shape[-1], softmax_scale=scale)
+    o_lat, _ = decode(q, kv, seqlens, kv_lora_rank=w_uk.shape[-1], softmax_scale=scale)
     return torch.einsum("bthr,hvr->bthv", o_lat, w_uv)
+
+
+def cpp_decode(q, kv, seqlens, *, kv_lora_rank, softmax_scale):
+    return cpu.mla_decode(q, kv, seqlens, kv_lora_rank, softmax_scale, None)
 
 
 def naive_decode(q_nope, q_rope, w_uk, w_uv, kv, seqlens, scale):
@@ -61,14 +70,18 @@ def naive_decode(q_nope, q_rope, w_uk, w_uv, kv, seqlens, scale):
     return o
 
 
-@pytest.mark.parametrize("provider", ["reference", "torch"])
+@pytest.mark.parametrize("provider", ["reference", "fastllm", "torch"])
 @pytest.mark.parametrize("model,B,L", [("swa-mla-262m", 4, 1024), ("deepseek-v2", 2, 256)])
 def test_mla_decode_cpu(bench, model, B, L, provider):
     dims = MODELS[model]
     args = decode_inputs(dims, B, L, torch.float32, "cpu", torch.Generator().manual_seed(L))
     seqlens = torch.full((B,), L, dtype=torch.int32)
-    fn = absorbed_decode if provider == "reference" else naive_decode
-    other = naive_decode if provider == "reference" else absorbed_decode
+    fn = {
+        "reference": absorbed_decode,
+        "fastllm": functools.partial(absorbed_decode, decode=cpp_decode),  # the C++ decode attention kernel
+        "torch": naive_decode,
+    }[provider]
+    other = naive_decode if provider != "torch" else absorbed_decode
     got = fn(*args[:5], seqlens, args[5])
     torch.testing.assert_close(got, other(*args[:5], seqlens, args[5]), atol=1e-4, rtol=1e-4)
     bench(fn, *args[:5], seqlens, args[5], rounds=3)
@@ -79,9 +92,10 @@ def test_mla_decode_cpu(bench, model, B, L, provider):
         return
     medians = _CPU_MEDIANS.setdefault((model, B, L), {})
     medians[provider] = bench.median_s
-    speedup = medians["torch"] / medians["reference"] if len(medians) == 2 else None
-    if speedup is not None:
-        bench.extra_info["speedup_absorbed_vs_naive"] = round(speedup, 2)
+    if provider != "torch" and "torch" in medians:
+        bench.extra_info["speedup_absorbed_vs_naive"] = round(medians["torch"] / medians[provider], 2)
+    if provider == "fastllm" and "reference" in medians:
+        bench.extra_info["speedup_vs_reference"] = round(medians["reference"] / medians[provider], 2)
     ms = round(1e3 * bench.median_s, 2)
     bench.row(bench="mla_decode_cpu", provider=provider, model=model, B=B, L=L, ms=ms, **cache_bytes(dims, B * L, 4))
 

@@ -180,12 +180,14 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
 
 def decode_threads(model, device: torch.device, compile) -> contextlib.AbstractContextManager:
     """The thread setting of the decode loop. On the CPU, where the step's linear layers run fastllm's C++ kernels
-    (eager steps; int8 layers also when compiled), torch's pool at one thread and the kernels on the others
-    (`fastllm.kernels.cpu.decode_threads`); otherwise (compiled float steps: inductor's GEMMs use torch's pool, CUDA)
-    unchanged."""
+    (eager steps; int8 layers also when compiled; bf16 layers compiled with frozen weights, `packs_when_frozen`),
+    torch's pool at one thread and the kernels on the others (`fastllm.kernels.cpu.decode_threads`); otherwise
+    (other compiled float steps: inductor's GEMMs use torch's pool; CUDA) unchanged."""
+    from fastllm.models.layers import packs_when_frozen
     from fastllm.quant import is_quantized
 
-    if device.type != "cpu" or (compile and not is_quantized(model)):
+    packed = compile is True and packs_when_frozen(model.tok_emb.weight.dtype)
+    if device.type != "cpu" or (compile and not is_quantized(model) and not packed):
         return contextlib.nullcontext()
     from fastllm.kernels import cpu
 

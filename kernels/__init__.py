@@ -16,9 +16,10 @@ import torch
 
 from fastllm.kernels import _ops
 from fastllm.kernels._dispatch import backend_for as backend_for
-from fastllm.kernels.reference.glu import ACTIVATIONS
+from fastllm.kernels.reference.glu import ACTIVATIONS, glu_expr, split_packed
 from fastllm.kernels.reference.linear import dequantize_int8 as dequantize_int8
 from fastllm.kernels.reference.linear import pack_int8 as pack_int8
+from fastllm.kernels.reference.linear import pack_weight as pack_weight
 from fastllm.kernels.reference.linear import packed_shape
 from fastllm.kernels.reference.linear import quantize_int8 as quantize_int8
 from fastllm.kernels.reference.sampling import check_flag as check_sample_flag
@@ -248,6 +249,8 @@ def glu(gate, up, activation="silu"):
         f"glu: gate {tuple(gate.shape)} {gate.dtype} and up {tuple(up.shape)} {up.dtype} must match",
     )
     _require(activation in ACTIVATIONS, f"glu: unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    if torch.compiler.is_compiling() and _traced_backend("glu", gate.device) == "reference":
+        return glu_expr(gate, up, activation)  # plain torch: inductor fuses it with its neighbours
     return _ops.glu(gate, up, activation)
 
 
@@ -261,7 +264,16 @@ def glu_packed(x, activation="silu", *, gate_first=True):
         f"glu_packed: x must be float with an even last dim, got {tuple(x.shape)} {x.dtype}",
     )
     _require(activation in ACTIVATIONS, f"glu_packed: unknown activation {activation!r}; expected {ACTIVATIONS}")
+    if torch.compiler.is_compiling() and _traced_backend("glu_packed", x.device) == "reference":
+        return glu_expr(*split_packed(x, bool(gate_first)), activation)  # plain torch: inductor fuses it
     return _ops.glu_packed(x, activation, bool(gate_first))
+
+
+@torch.compiler.assume_constant_result
+def _traced_backend(op: str, device: torch.device) -> str:
+    """backend_for(op, device), read once while torch.compile traces: where it is the reference, the traced graph
+    gets the reference's plain torch expression instead of the opaque op, so inductor can fuse it."""
+    return backend_for(op, device)
 
 
 def glu_linear(x, w_gate_up, activation="silu", layout="gate_first", *, bias=None):

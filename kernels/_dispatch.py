@@ -11,9 +11,10 @@ Rule, evaluated at every call from the op's device and the environment:
 
 C++ CPU kernels (`fastllm._cpu`, launchers in `fastllm.kernels.cpu`) are a separate axis: an op that has one
 (`CPU_OPS`) runs it for CPU tensors unless `FASTLLM_KERNELS=reference`; `FASTLLM_KERNELS=triton` does not affect
-the ops that have no Triton kernel (`linear`, `int8_linear`) and `TRITON_INTERPRET=1` neither. An op with both
-(`swa_decode`; the samplers, whose all-greedy calls use a C++ argmax) takes the C++ kernel where the rule above
-picks the reference: CPU tensors without `TRITON_INTERPRET=1`, unless `FASTLLM_KERNELS=reference`.
+the ops that have no Triton kernel (`linear`, `linear_packed`, `int8_linear`) and `TRITON_INTERPRET=1` neither. An
+op with both (`swa_decode`, `mla_decode`; the samplers, whose all-greedy calls use a C++ argmax) takes the C++
+kernel where the rule above picks the reference: CPU tensors without `TRITON_INTERPRET=1`, unless
+`FASTLLM_KERNELS=reference`.
 
 Triton launchers are registered by op name with `register_triton`; `fastllm.kernels.triton` (imported lazily, only
 when a call might use Triton) registers its launchers when it is imported. An op without a registered launcher
@@ -50,7 +51,16 @@ OPS = (
 )
 
 # ops with a C++ CPU kernel
-CPU_OPS = ("int8_linear", "w8a8_linear", "linear", "swa_decode", "sample_philox", "sample_from_noise")
+CPU_OPS = (
+    "int8_linear",
+    "w8a8_linear",
+    "linear",
+    "linear_packed",
+    "swa_decode",
+    "mla_decode",
+    "sample_philox",
+    "sample_from_noise",
+)
 
 F = TypeVar("F", bound=Callable)
 _TRITON_OPS: dict[str, Callable] = {}  # op name -> launcher; filled by fastllm.kernels.triton

@@ -32,6 +32,7 @@ from fastllm.kernels.reference.glu import glu_packed as _glu_packed_ref
 from fastllm.kernels.reference.glu import glu_packed_backward as _glu_packed_bwd_ref
 from fastllm.kernels.reference.linear import int8_linear as _int8_linear_ref
 from fastllm.kernels.reference.linear import int8_linear_w8a8 as _w8a8_linear_ref
+from fastllm.kernels.reference.linear import linear_packed as _linear_packed_ref
 from fastllm.kernels.reference.mla import mla_decode as _mla_decode_ref
 from fastllm.kernels.reference.sampling import sample_from_noise as _sample_ref
 from fastllm.kernels.reference.sampling import sample_philox as _sample_philox_ref
@@ -205,11 +206,19 @@ def _mla_decode_fake(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, bl
     return q.new_empty(B, Tq, H, kv_lora_rank), q.new_empty(B, Tq, H, dtype=torch.float32)
 
 
+def _mla_decode_cpu(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_table):
+    args = (q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_table)
+    if not (_cpu.supports_attention(q) and _dispatch.use_cpu_kernel("mla_decode", q.device)):
+        return _mla_decode(*args)
+    return _cpu.mla_decode(*args)  # the C++ decode attention kernel, one kv head (fp32, bf16)
+
+
 mla_decode = _inference_op(
     "mla_decode(Tensor q, Tensor kv_cache, Tensor cache_seqlens, int kv_lora_rank, float softmax_scale, "
     "Tensor? block_table) -> (Tensor, Tensor)",
     _mla_decode,
     _mla_decode_fake,
+    cpu=_mla_decode_cpu,
 )
 
 
@@ -427,4 +436,26 @@ def _linear_fake(x, weight, bias):
 
 linear = _inference_op(
     "linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", torch.nn.functional.linear, _linear_fake, cpu=_linear_cpu
+)
+
+
+def _linear_packed(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    return _linear_packed_ref(x, packed, bias, out_features).contiguous()
+
+
+def _linear_packed_cpu(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
+    if (
+        x.numel() <= _cpu.MAX_M_PACKED * x.shape[-1]
+        and x.dtype in _cpu.X_DTYPES
+        and _dispatch.use_cpu_kernel("linear_packed", x.device)
+    ):
+        return _cpu.linear_packed(x, packed, bias, out_features)
+    return _linear_packed(x, packed, bias, out_features)
+
+
+linear_packed = _inference_op(
+    "linear_packed(Tensor x, Tensor packed, Tensor? bias, int out_features) -> Tensor",
+    _linear_packed,
+    lambda x, packed, bias, out_features: x.new_empty(*x.shape[:-1], out_features),
+    cpu=_linear_packed_cpu,
 )

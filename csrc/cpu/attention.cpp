@@ -37,7 +37,8 @@ void run_items(void* ctx, int index) {
 int64_t decode_attention_scratch(const DecodeAttnArgs& a) {
   const int64_t pad = 16;  // attention_kernel.h's attn_padded
   // queries, accumulators and scores per row, then two int64 offsets per key
-  return kAttnRows * ((a.D + pad - 1) / pad * pad + (a.Dv + pad - 1) / pad * pad + a.C) + 4 * a.C;
+  const int64_t cap = attn_key_capacity(a);
+  return kAttnRows * ((a.D + pad - 1) / pad * pad + (a.Dv + pad - 1) / pad * pad + cap) + 4 * cap;
 }
 
 void decode_attention(const DecodeAttnArgs& a, int threads) {
@@ -45,7 +46,7 @@ void decode_attention(const DecodeAttnArgs& a, int threads) {
   const int64_t G = a.H / a.Hkv, groups = (a.Tq * G + kAttnRows - 1) / kAttnRows;
   const int64_t items = a.B * a.Hkv * groups;
   int64_t longest = 0;
-  for (int64_t b = 0; b < a.B; ++b) longest = std::max(longest, std::min(a.seqlens[b], a.C));
+  for (int64_t b = 0; b < a.B; ++b) longest = std::max(longest, std::min(a.seqlens[b], attn_key_capacity(a)));
   const int64_t work = a.B * a.Tq * a.H * longest * (a.D + a.Dv);
   const int n = static_cast<int>(
       std::min<int64_t>({std::max(threads, 1), items, std::max<int64_t>(1, work / kMinWorkPerThread)}));

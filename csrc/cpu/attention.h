@@ -6,6 +6,10 @@
 // sink positions s < sinks; a query at a negative position outputs zeros. Only the slots of those
 // positions are read (slots never written may hold NaN).
 //
+// MLA decode (fastllm.kernels.mla_decode) is the same computation with one kv head shared by all H
+// query heads, k = the whole latent row [c_kv, k_rope] and v = its first R values (v points into k's
+// rows), no window and no sinks; its pages (block_table) and log-sum-exp output are options here.
+//
 // Per (row, kv head) the kernel scores every key once against all the query heads that share it (GQA)
 // and all Tq queries, takes the softmax in fp32 (two passes over the scores: max, then exp and sum)
 // and accumulates p * v in fp32; q, the caches and o are fp32 or bf16 (one dtype), ALiBi slopes and
@@ -35,8 +39,19 @@ struct DecodeAttnArgs {
   const float* alibi = nullptr;     // (H,) or null: score -= slope[h] * (qpos - s)
   const float* rel_bias = nullptr;  // (H, rel_len) or null: score += rel_bias[h, min(qpos - s, rel_len - 1)]
   int64_t rel_len = 0;
-  void* o = nullptr;  // (B, Tq, H, Dv) contiguous
+  // Paged cache (null: rows of B slots as above): position s of row b lives in page
+  // block_table[b * bt_stride + s / page_size], row s % page_size; k_sb and v_sb are then page strides.
+  // Paged caches have no ring (window <= 0, sinks 0); the caller checks every page index named.
+  const int64_t* block_table = nullptr;
+  int64_t bt_stride = 0, pages_per_row = 0, page_size = 0;
+  void* o = nullptr;      // (B, Tq, H, Dv) contiguous
+  float* lse = nullptr;   // (B, Tq, H) contiguous or null: max + log(sum exp) of the scaled scores (-inf: no key)
 };
+
+// Most keys one row can have: its slots, or its pages' rows.
+inline int64_t attn_key_capacity(const DecodeAttnArgs& a) {
+  return a.block_table != nullptr ? a.pages_per_row * a.page_size : a.C;
+}
 
 // Query rows per work item: up to this many of the (query, head) pairs that share a kv head.
 constexpr int kAttnRows = 8;

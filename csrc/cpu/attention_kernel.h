@@ -63,8 +63,9 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
   float* qf = scratch;                   // (nr, Dp) the queries in fp32, zero-padded
   float* acc = qf + kAttnRows * Dp;      // (nr, Dv) sum of p * v
   float* score = acc + kAttnRows * Dvp;  // (nr, n) scores, then probabilities
-  int64_t* koff = reinterpret_cast<int64_t*>(score + kAttnRows * a.C);  // (n,) key rows' offsets in the cache
-  int64_t* voff = koff + a.C;                                           // (n,) value rows' offsets
+  const int64_t cap = attn_key_capacity(a);
+  int64_t* koff = reinterpret_cast<int64_t*>(score + kAttnRows * cap);  // (n,) key rows' offsets in the cache
+  int64_t* voff = koff + cap;                                           // (n,) value rows' offsets
   int64_t qpos[kAttnRows], head[kAttnRows];
   // The keys: positions [lo, L) (lo: the oldest any query of the group sees) and the sinks below lo.
   int64_t lo = L;
@@ -81,13 +82,22 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
   const int64_t nsink = a.window > 0 ? (a.sinks < lo ? a.sinks : lo) : 0;
   const int64_t n = nsink + (L - lo);  // 0 when every query sits at a negative position
   auto position = [&](int64_t j) { return j < nsink ? j : lo + (j - nsink); };
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t s = position(j), slot = s < a.sinks ? s : a.sinks + (s - a.sinks) % ring;
-    koff[j] = slot * a.k_sc;
-    voff[j] = slot * a.v_sc;
+  if (a.block_table != nullptr) {
+    const int64_t* pages = a.block_table + b * a.bt_stride;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t s = position(j), page = pages[s / a.page_size], row = s % a.page_size;
+      koff[j] = page * a.k_sb + row * a.k_sc;
+      voff[j] = page * a.v_sb + row * a.v_sc;
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t s = position(j), slot = s < a.sinks ? s : a.sinks + (s - a.sinks) % ring;
+      koff[j] = b * a.k_sb + slot * a.k_sc;
+      voff[j] = b * a.v_sb + slot * a.v_sc;
+    }
   }
-  const T* kb = static_cast<const T*>(a.k) + b * a.k_sb + kv * a.k_sh;
-  const T* vb = static_cast<const T*>(a.v) + b * a.v_sb + kv * a.v_sh;
+  const T* kb = static_cast<const T*>(a.k) + kv * a.k_sh;
+  const T* vb = static_cast<const T*>(a.v) + kv * a.v_sh;
   // Pass 1: scores (-inf where a query does not see the key), 4 keys at a time; a partial group repeats
   // its first key (a written slot), whose extra dots are dropped.
   constexpr float kNegInf = -__builtin_inff();
@@ -124,6 +134,7 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
     attn_pv(p, vb, voff, n, a.Dv, acc + i * Dvp);
     const int64_t t = (r0 + i) / G;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a query that sees no key outputs 0
+    if (a.lse != nullptr) a.lse[(b * a.Tq + t) * a.H + head[i]] = sum > 0.0f ? m + __builtin_logf(sum) : kNegInf;
     T* o = static_cast<T*>(a.o) + ((b * a.Tq + t) * a.H + head[i]) * a.Dv;
     for (int64_t d = 0; d < a.Dv; ++d) {
       const float x = n > 0 ? acc[i * Dvp + d] * inv : 0.0f;

@@ -42,7 +42,8 @@ void linear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t ldx, uintptr
 
 void decode_attention(int dtype, py::tuple sizes, uintptr_t q, py::tuple q_strides, uintptr_t k, py::tuple k_strides,
                       uintptr_t v, py::tuple v_strides, uintptr_t seqlens, int64_t window, int64_t sinks, float scale,
-                      uintptr_t alibi, uintptr_t rel_bias, int64_t rel_len, uintptr_t o, int threads) {
+                      uintptr_t alibi, uintptr_t rel_bias, int64_t rel_len, uintptr_t o, int threads, uintptr_t lse,
+                      py::tuple paged) {
   fastllm::cpu::DecodeAttnArgs a;
   a.dtype = static_cast<DType>(dtype);
   a.B = sizes[0].cast<int64_t>();
@@ -72,6 +73,13 @@ void decode_attention(int dtype, py::tuple sizes, uintptr_t q, py::tuple q_strid
   a.rel_bias = static_cast<const float*>(ptr(rel_bias));
   a.rel_len = rel_len;
   a.o = reinterpret_cast<void*>(o);
+  a.lse = reinterpret_cast<float*>(lse);
+  if (paged.size() == 4) {
+    a.block_table = static_cast<const int64_t*>(ptr(paged[0].cast<uintptr_t>()));
+    a.bt_stride = paged[1].cast<int64_t>();
+    a.pages_per_row = paged[2].cast<int64_t>();
+    a.page_size = paged[3].cast<int64_t>();
+  }
   py::gil_scoped_release release;
   fastllm::cpu::decode_attention(a, threads);
 }
@@ -85,7 +93,11 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("w_packed"), py::arg("N"), py::arg("ldw"), py::arg("scale"), py::arg("bias"), py::arg("y"),
         py::arg("ldy"), py::arg("threads"), py::arg("quantize_x") = false);
   m.def("decode_attention", &decode_attention,
-        "decode attention over a ring-buffer KV cache; raw pointers, see csrc/cpu/attention.h");
+        "decode attention over a ring-buffer or paged KV cache; raw pointers, see csrc/cpu/attention.h", py::arg("dtype"),
+        py::arg("sizes"), py::arg("q"), py::arg("q_strides"), py::arg("k"), py::arg("k_strides"), py::arg("v"),
+        py::arg("v_strides"), py::arg("seqlens"), py::arg("window"), py::arg("sinks"), py::arg("scale"),
+        py::arg("alibi"), py::arg("rel_bias"), py::arg("rel_len"), py::arg("o"), py::arg("threads"),
+        py::arg("lse") = 0, py::arg("paged") = py::tuple());
   m.def(
       "greedy",
       [](uintptr_t logits, int dtype, int64_t B, int64_t V, int64_t ld, uintptr_t out) {

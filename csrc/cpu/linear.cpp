@@ -127,8 +127,8 @@ bool force_isa(const char* name) {
 
 void linear(const LinearArgs& a, int threads) {
   if (a.M <= 0 || a.N <= 0) return;
-  const bool packed = a.w_packed && a.w_dtype == DType::i8;
-  const bool a8 = packed && a.quantize_x;
+  const bool packed = a.w_packed;
+  const bool a8 = packed && a.w_dtype == DType::i8 && a.quantize_x;
   const int64_t K = packed ? (a.K + kPackCols - 1) / kPackCols * kPackCols : a.K;
   // W8A8: the activations as int8 codes (+ 128) and a scale per row.
   std::vector<uint8_t> xq;

@@ -18,7 +18,7 @@ namespace fastllm::cpu {
 
 enum class DType : int { f32 = 0, bf16 = 1, i8 = 2 };
 
-// Packed int8 weights: the (N, K) codes padded with zeros to Np = ceil(N / 8) * 8 rows and
+// Packed weights (int8 codes, bf16 or fp32): the (N, K) values padded with zeros to Np = ceil(N / 8) * 8 rows and
 // Kp = ceil(K / 64) * 64 columns, stored as blocks [Np / 8][Kp / 64][8 rows][64 columns]: row n,
 // column k is at ((n / 8) * (Kp / 64) + k / 64) * 512 + (n % 8) * 64 + k % 64. A tile of 8 rows is then
 // one contiguous run of memory.
@@ -31,9 +31,9 @@ struct LinearArgs {
   const void* x = nullptr;  // (M, K) f32 or bf16, row stride ldx
   DType x_dtype = DType::f32;
   int64_t M = 0, K = 0, ldx = 0;
-  const void* w = nullptr;  // (N, K) f32, bf16 or i8 (codes), row stride ldw; or packed i8 (above)
+  const void* w = nullptr;  // (N, K) f32, bf16 or i8 (codes), row stride ldw; or packed (above)
   DType w_dtype = DType::f32;
-  bool w_packed = false;  // i8 only; ldw is then ignored
+  bool w_packed = false;  // ldw is then ignored
   int64_t N = 0, ldw = 0;
   const float* scale = nullptr;  // (N,) f32 per-row scale of i8 codes; required for i8, else ignored
   const void* bias = nullptr;    // (N,) in x_dtype, or null

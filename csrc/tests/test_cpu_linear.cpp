@@ -1,5 +1,5 @@
 // Unit tests of the CPU small-M linear kernel (csrc/cpu): every instruction set this CPU has, every weight
-// type, row-major and packed int8, odd shapes, 1..11 activation rows, 1..3 threads, against a double-precision
+// type, row-major and packed, odd shapes, 1..11 activation rows, 1..3 threads, against a double-precision
 // reference; and the thread pool on its own.
 #include <algorithm>
 #include <atomic>
@@ -34,11 +34,12 @@ float from_bf16(uint16_t h) {
   return f;
 }
 
-// (N, K) int8 codes in the packed layout of linear.h.
-std::vector<int8_t> pack(const std::vector<int8_t>& w8, int64_t N, int64_t K) {
+// (N, K) weights (int8 codes, bf16 bits or fp32) in the packed layout of linear.h.
+template <class T>
+std::vector<T> pack(const std::vector<T>& w8, int64_t N, int64_t K) {
   const int64_t Kp = (K + kPackCols - 1) / kPackCols * kPackCols;
   const int64_t Np = (N + kPackRows - 1) / kPackRows * kPackRows;
-  std::vector<int8_t> packed(Np * Kp, 0);
+  std::vector<T> packed(Np * Kp, T(0));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k)
       packed[((n / kPackRows) * (Kp / kPackCols) + k / kPackCols) * (kPackRows * kPackCols) +
@@ -80,14 +81,16 @@ double run_case(const Case& c, std::mt19937& rng) {
     }
   }
   const std::vector<int8_t> packed = pack(w8, N, K);
+  const std::vector<uint16_t> packed16 = pack(w16, N, K);
+  const std::vector<float> packed32 = pack(w, N, K);
 
   fastllm::cpu::LinearArgs a;
   a.x = c.x_dtype == DType::f32 ? static_cast<const void*>(x.data()) : x16.data();
   a.x_dtype = c.x_dtype;
   a.M = M, a.K = K, a.ldx = K;
-  a.w = c.w_dtype == DType::f32 ? static_cast<const void*>(w.data())
-        : c.w_dtype == DType::bf16 ? static_cast<const void*>(w16.data())
-        : c.packed ? static_cast<const void*>(packed.data()) : w8.data();
+  a.w = c.w_dtype == DType::f32    ? static_cast<const void*>(c.packed ? packed32.data() : w.data())
+        : c.w_dtype == DType::bf16 ? static_cast<const void*>(c.packed ? packed16.data() : w16.data())
+                                   : static_cast<const void*>(c.packed ? packed.data() : w8.data());
   a.w_dtype = c.w_dtype;
   a.w_packed = c.packed;
   a.N = N, a.ldw = K;
@@ -126,17 +129,18 @@ void test_linear() {
     ++tested;
     for (int64_t M : {1, 2, 3, 4, 5, 8, 9, 11})
       for (DType xd : {DType::f32, DType::bf16})
-        for (int variant = 0; variant < 4; ++variant) {  // f32, bf16, i8 row-major, i8 packed weights
-          const DType wd = variant == 0 ? DType::f32 : variant == 1 ? DType::bf16 : DType::i8;
+        for (int variant = 0; variant < 6; ++variant) {  // f32, bf16, i8 weights: row-major, then packed
+          const DType wd = variant % 3 == 0 ? DType::f32 : variant % 3 == 1 ? DType::bf16 : DType::i8;
+          const bool packed = variant >= 3;
           for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 19}, {203, 130}, {9, 64}, {1, 1}, {70, 257}}) {
-            const Case c{M, N, K, xd, wd, variant == 3, (M + N) % 2 == 0, 1 + static_cast<int>((M + K) % 3)};
+            const Case c{M, N, K, xd, wd, packed, (M + N) % 2 == 0, 1 + static_cast<int>((M + K) % 3)};
             const double err = run_case(c, rng);
             // fp32 sums of <= 257 terms: relative to sum |terms|, a few ulps; bf16 output: its rounding
             const double tol = xd == DType::f32 ? 2e-6 : 1.0 / 256;
             if (err > tol)
               std::fprintf(stderr, "  %s M=%lld N=%lld K=%lld x=%d w=%d packed=%d: rel err %g\n", isa,
                            static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K),
-                           static_cast<int>(xd), static_cast<int>(wd), variant == 3, err);
+                           static_cast<int>(xd), static_cast<int>(wd), packed, err);
             CHECK(err <= tol);
           }
         }

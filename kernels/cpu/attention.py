@@ -77,3 +77,58 @@ def swa_decode(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_t
         o.data_ptr(), threads(),
     )  # fmt: skip
     return o
+
+
+def mla_decode(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_table):
+    """`fastllm.kernels.mla_decode` on the CPU: (o_latent (B, Tq, H, R) in q's dtype, lse (B, Tq, H) fp32).
+
+    The decode attention kernel with one kv head shared by the H query heads: k is the whole latent row
+    [c_kv, k_rope] (R + Dr), v its first R values (a view of the same rows), no window; a paged pool is addressed
+    through block_table. Shapes and dtypes were checked by the public wrapper; what the C++ side reads is checked
+    here (strides, lengths, the pages each row uses)."""
+    B, Tq, H, D = q.shape
+    if not supports(q) or kv_cache.dtype != q.dtype or not kv_cache.is_cpu:
+        _fail(f"mla_decode: q and kv_cache must be float32 or bfloat16 CPU tensors of one dtype, got {q.dtype} on "
+              f"{q.device} and {kv_cache.dtype} on {kv_cache.device}")  # fmt: skip
+    if kv_cache.dim() != 3 or kv_cache.shape[2] != D or not 0 < kv_lora_rank <= D:
+        _fail(f"mla_decode: kv_cache must be (.., .., {D}) with 0 < kv_lora_rank <= {D}, got "
+              f"{tuple(kv_cache.shape)}, kv_lora_rank={kv_lora_rank}")  # fmt: skip
+    if cache_seqlens.shape != (B,) or cache_seqlens.is_floating_point() or not cache_seqlens.is_cpu:
+        _fail(f"mla_decode: cache_seqlens must be an integer ({B},) CPU tensor, got {tuple(cache_seqlens.shape)} "
+              f"{cache_seqlens.dtype} on {cache_seqlens.device}")  # fmt: skip
+    lens = cache_seqlens.to(torch.int64).contiguous()
+    seen = lens.tolist()  # one host read (B is a batch size)
+    if any(n < 0 for n in seen):
+        raise ValueError(f"mla_decode: cache_seqlens must be >= 0, got {seen}")
+    paged = ()
+    if block_table is None:
+        for b, n in enumerate(seen):
+            if n > kv_cache.shape[1]:
+                raise ValueError(f"mla_decode: cache_seqlens[{b}] = {n} exceeds the cache length {kv_cache.shape[1]}")
+    else:
+        page_size, pool = kv_cache.shape[1], kv_cache.shape[0]
+        table = block_table.to(torch.int64).contiguous()  # (B, max_pages)
+        for b, n in enumerate(seen):
+            used = -(-n // page_size)
+            if used > table.shape[1]:
+                raise ValueError(
+                    f"mla_decode: cache_seqlens[{b}] = {n} needs {used} pages, block_table has {table.shape[1]}"
+                )
+            pages = table[b, :used]
+            if used and (int(pages.min()) < 0 or int(pages.max()) >= pool):
+                raise ValueError(
+                    f"mla_decode: block_table[{b}] names pages outside the pool of {pool}: {pages.tolist()}"
+                )
+        paged = (table.data_ptr(), table.stride(0), table.shape[1], page_size)
+    o = torch.empty(B, Tq, H, kv_lora_rank, dtype=q.dtype)  # (B, Tq, H, R)
+    lse = torch.empty(B, Tq, H, dtype=torch.float32)  # (B, Tq, H)
+    if o.numel() == 0:
+        return o, lse
+    kv = kv_cache[:, :, None]  # (B or pages, S, 1, R + Dr): one kv head
+    _cpu.decode_attention(
+        DTYPE_CODES[q.dtype], (B, Tq, H, 1, kv_cache.shape[1], D, kv_lora_rank),
+        q.data_ptr(), _strides(q, "q"), kv.data_ptr(), _strides(kv, "kv_cache"),
+        kv.data_ptr(), _strides(kv, "kv_cache"), lens.data_ptr(),
+        0, 0, float(softmax_scale), 0, 0, 0, o.data_ptr(), threads(), lse=lse.data_ptr(), paged=paged,
+    )  # fmt: skip
+    return o, lse

@@ -81,12 +81,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
               f"on {weight.device}")  # fmt: skip
     if weight.stride(1) != 1 or weight.stride(0) < weight.shape[1]:
         weight = weight.contiguous()
-    return _run(x, code, weight, code, False, weight.stride(0), None, bias)
+    return _run(x, code, weight, code, False, weight.stride(0), None, bias, weight.shape[0])
 
 
-def _run(x, x_code, w, w_code, packed, ldw, scale, bias, quantize_x=False):
-    """The checks both launchers share (x's dtype code is checked by the caller), then the C++ call."""
-    N, K = (scale.shape[0] if packed else w.shape[0]), x.shape[-1]
+def _run(x, x_code, w, w_code, packed, ldw, scale, bias, N, quantize_x=False):
+    """The checks every launcher shares (x's dtype code is checked by the caller), then the C++ call."""
+    K = x.shape[-1]
     if bias is not None:
         if bias.dtype != x.dtype or bias.shape != (N,) or not bias.is_cpu:
             _fail(f"bias must be ({N},) {x.dtype} on the CPU, got {tuple(bias.shape)} {bias.dtype} on {bias.device}")
@@ -131,4 +131,18 @@ def linear_int8_packed(
     ):
         _fail(f"packed weight for ({N}, {K}) must be {packed_shape(N, K)} int8 on the CPU, got {tuple(packed.shape)} "
               f"{packed.dtype} on {packed.device}")  # fmt: skip
-    return _run(x, code, packed.contiguous(), DTYPE_CODES[torch.int8], True, 0, scale, bias, quantize_x)
+    return _run(x, code, packed.contiguous(), DTYPE_CODES[torch.int8], True, 0, scale, bias, N, quantize_x)
+
+
+def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """x (..., K) @ weight^T + bias -> (..., N) for an fp32 or bf16 weight packed by `pack_weight` (x's dtype):
+    the packed tiles stream as one run of memory each (row-major rows of a few KB side by side reached ~75% of
+    the packed speed, measured on bf16). Any number of rows (meant for few: decode)."""
+    code = DTYPE_CODES.get(x.dtype)
+    if code is None or code == 2 or not x.is_cpu:
+        _fail(f"x must be a float32 or bfloat16 CPU tensor, got {x.dtype} on {x.device}")
+    N, K = out_features, x.shape[-1]
+    if packed.dtype != x.dtype or tuple(packed.shape) != packed_shape(N, K) or not packed.is_cpu:
+        _fail(f"packed weight for ({N}, {K}) must be {packed_shape(N, K)} {x.dtype} on the CPU, got "
+              f"{tuple(packed.shape)} {packed.dtype} on {packed.device}")  # fmt: skip
+    return _run(x, code, packed.contiguous(), code, True, 0, None, bias, N)

@@ -79,13 +79,19 @@ def _blocks(*tensors: torch.Tensor):
     return [[m[s : s + rows] for m in mats] for s in range(0, mats[0].shape[0], rows)]
 
 
+def glu_expr(gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
+    """act(gate) * up as one torch expression (what torch.compile fuses): (..., I) in gate's dtype."""
+    dt = _compute_dtype(gate)
+    return (activate(gate.to(dt), activation) * up.to(dt)).to(gate.dtype)  # (..., I)
+
+
 def glu(gate: torch.Tensor, up: torch.Tensor, activation: str = "silu") -> torch.Tensor:
     """Reference of `fastllm.kernels.glu`: act(gate) * up, (..., I) in gate's dtype."""
     dt = _compute_dtype(gate)
     out = torch.empty_like(gate) if up.dtype == gate.dtype else None
     blocks = _blocks(gate, up, out) if out is not None else None
     if blocks is None:
-        return (activate(gate.to(dt), activation) * up.to(dt)).to(gate.dtype)  # (..., I)
+        return glu_expr(gate, up, activation)  # (..., I)
     for g, u, o in blocks:  # the same arithmetic, one cache-sized row block at a time
         o.copy_(activate(g.to(dt), activation).mul_(u.to(dt)))
     return out  # (..., I)

@@ -27,21 +27,38 @@ def packed_shape(N: int, K: int) -> tuple[int, int, int, int]:
     return (-(-N // PACK_ROWS), -(-K // PACK_COLS), PACK_ROWS, PACK_COLS)
 
 
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """weight (N, K) of any dtype -> packed (ceil(N / 8), ceil(K / 64), 8, 64) in the same dtype, zero-padded.
+
+    Float weights in this layout are what `fastllm::linear_packed` reads; the compiled CPU decode step packs its
+    frozen weights with it (constant-folded: once, when compiling)."""
+    if weight.dim() != 2:
+        raise ValueError(f"pack_weight: expected an (N, K) weight, got {tuple(weight.shape)}")
+    N, K = weight.shape
+    T, C, R, W = packed_shape(N, K)
+    padded = F.pad(weight, (0, C * W - K, 0, T * R - N))  # (Np, Kp)
+    return padded.view(T, R, C, W).transpose(1, 2).contiguous()  # (T, C, R, W)
+
+
 def pack_int8(codes: torch.Tensor) -> torch.Tensor:
     """codes (N, K) int8 -> packed (ceil(N / 8), ceil(K / 64), 8, 64) int8, zero-padded."""
     if codes.dtype != torch.int8 or codes.dim() != 2:
         raise ValueError(f"pack_int8: expected (N, K) int8 codes, got {tuple(codes.shape)} {codes.dtype}")
-    N, K = codes.shape
-    T, C, R, W = packed_shape(N, K)
-    padded = torch.zeros(T * R, C * W, dtype=torch.int8, device=codes.device)  # (Np, Kp)
-    padded[:N, :K] = codes
-    return padded.view(T, R, C, W).transpose(1, 2).contiguous()  # (T, C, R, W)
+    return pack_weight(codes)
 
 
-def unpack_int8(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
-    """The (N, K) int8 codes of a `pack_int8` result."""
+def unpack_weight(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """The (N, K) weight of a `pack_weight` (or `pack_int8`) result."""
     T, C, R, W = packed.shape
     return packed.transpose(1, 2).reshape(T * R, C * W)[:N, :K]
+
+
+unpack_int8 = unpack_weight
+
+
+def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int):
+    """x (..., K) @ weight^T + bias -> (..., N) for a float weight (N, K) packed by `pack_weight`: F.linear."""
+    return F.linear(x, unpack_weight(packed, out_features, x.shape[-1]), bias)
 
 
 def dequantize_int8(packed: torch.Tensor, scale: torch.Tensor, K: int) -> torch.Tensor:

@@ -1,0 +1,116 @@
+"""Float weights in the packed layout (`fastllm.kernels.pack_weight`, csrc/cpu/linear.h): the C++ kernel on packed
+fp32 and bf16 tiles (`fastllm.kernels.cpu.linear_packed`, op `fastllm::linear_packed`) against the fp64 reference on
+every instruction set this CPU has; bit-equality with the row-major kernel (same summation order); the dispatch;
+errors; and the compiled CPU decode step, whose frozen bf16 weights are packed once while compiling."""
+
+import pytest
+import torch
+from conftest import CPU_ISAS
+
+import fastllm.kernels as K
+from fastllm import engine
+from fastllm.kernels import cpu
+from fastllm.kernels.reference.linear import pack_weight, unpack_weight
+from fastllm.models import ModelConfig, Transformer
+
+SHAPES = [(1, 37, 19), (3, 203, 130), (8, 9, 64), (11, 70, 257), (16, 1, 1), (2, 64, 128)]  # (M, N, K)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+def test_pack_round_trip(dtype):
+    for _, N, K_ in SHAPES:
+        w = (torch.randn(N, K_) * 50).to(dtype)
+        packed = pack_weight(w)
+        assert packed.shape == K.packed_shape(N, K_) and packed.dtype == dtype
+        assert torch.equal(unpack_weight(packed, N, K_), w)
+        assert int((packed != 0).sum()) == int((w != 0).sum())  # the padding is zeros
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_matches_fp64_reference_and_the_row_major_kernel(isa, dtype, bias):
+    g = torch.Generator().manual_seed(0)
+    for M, N, K_ in SHAPES:
+        x = torch.randn(M, K_, generator=g).to(dtype)
+        w = torch.randn(N, K_, generator=g).to(dtype)
+        b = torch.randn(N, generator=g).to(dtype) if bias else None
+        got = cpu.linear_packed(x, pack_weight(w), b, N)
+        assert got.dtype == dtype and got.shape == (M, N)
+        assert torch.equal(got, cpu.linear(x, w, b))  # the same fp32 sums in the same order
+        want = x.double() @ w.double().T + (0 if b is None else b.double())
+        err = (got.double() - want).abs().max().item()
+        if dtype == torch.float32:
+            assert err <= 1e-5 * max(1.0, want.abs().max().item()), err
+        else:  # within 2x of torch's own bf16 linear
+            torch_err = (torch.nn.functional.linear(x, w, b).double() - want).abs().max().item()
+            assert err <= 2 * torch_err + 1e-6, (err, torch_err)
+
+
+def test_leading_dims_and_views():
+    x = torch.randn(2, 3, 40)[:, 1:]  # (2, 2, 40), not contiguous
+    w = torch.randn(21, 40)
+    got = cpu.linear_packed(x, pack_weight(w), None, 21)
+    assert got.shape == (2, 2, 21)
+    torch.testing.assert_close(got, x @ w.T, atol=1e-5, rtol=1e-5)
+
+
+def test_op_dispatch(cpu_kernels, monkeypatch):
+    """CPU calls of fastllm::linear_packed with up to MAX_M_PACKED rows take the C++ kernel unless
+    FASTLLM_KERNELS=reference; larger ones and other dtypes the reference (unpack, F.linear); all agree."""
+    calls = []
+    real = cpu.linear_packed
+    monkeypatch.setattr(cpu, "linear_packed", lambda *a: calls.append(1) or real(*a))
+    w, b = torch.randn(33, 70), torch.randn(33)
+    packed = pack_weight(w)
+    x = torch.randn(5, 70)
+    fast = torch.ops.fastllm.linear_packed(x, packed, b, 33)
+    assert calls == [1]
+    big = torch.randn(cpu.MAX_M_PACKED + 1, 70)
+    torch.testing.assert_close(torch.ops.fastllm.linear_packed(big, packed, b, 33), big @ w.T + b)
+    monkeypatch.setenv("FASTLLM_KERNELS", "reference")
+    slow = torch.ops.fastllm.linear_packed(x, packed, b, 33)
+    assert calls == [1]
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    half = torch.ops.fastllm.linear_packed(x.half(), pack_weight(w.half()), b.half(), 33)
+    assert half.dtype == torch.half and calls == [1]
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    w = torch.randn(10, 20)
+    packed = pack_weight(w)
+    bad = [
+        ((torch.randn(2, 20).double(), packed, None, 10), "float32 or bfloat16"),
+        ((torch.randn(2, 20), packed.bfloat16(), None, 10), "packed weight for"),
+        ((torch.randn(2, 20), packed, None, 17), "packed weight for"),
+        ((torch.randn(2, 70), packed, None, 10), "packed weight for"),
+        ((torch.randn(2, 20), packed, torch.randn(9), 10), "bias must be"),
+    ]
+    for args, match in bad:
+        with pytest.raises(ValueError, match=match):
+            cpu.linear_packed(*args)
+    with pytest.raises(ValueError, match="pack_weight"):
+        pack_weight(torch.randn(3))
+
+
+def test_frozen_bf16_decode_step_runs_packed_and_matches_eager(cpu_kernels, monkeypatch):
+    """compile=True on the CPU in bf16: the step's linears run fastllm::linear_packed on weights packed while
+    compiling (freezing folds pack_weight), the same sums as the eager step's row-major kernel: identical tokens;
+    a changed weight recompiles."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("llm-scratch-v2", n_layer=2, d_model=64, n_head=4, d_ff=96, vocab_size=97)
+    model = Transformer(cfg).eval().to(torch.bfloat16)
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 7)]
+    greedy = engine.SamplingParams(temperature=0)
+    calls = []
+    real = cpu.linear_packed
+    monkeypatch.setattr(cpu, "linear_packed", lambda *a: calls.append(1) or real(*a))
+    eager, _ = engine.generate(model, prompts, 10, sampling=greedy)
+    assert calls == []
+    compiled, _ = engine.generate(model, prompts, 10, sampling=greedy, compile=True)
+    assert compiled == eager and len(calls) >= 9 * len([m for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    eager, _ = engine.generate(model, prompts, 10, sampling=greedy)
+    compiled, _ = engine.generate(model, prompts, 10, sampling=greedy, compile=True)
+    assert compiled == eager
