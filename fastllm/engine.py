@@ -163,6 +163,9 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
         if cached is not None and cached[1] is not None:
             torch._dynamo.reset()  # the graphs compiled before hold the old weights as constants
         compiled = torch.compile(model, fullgraph=True, mode="max-autotune")
+        from fastllm.models.layers import packing_linears, packs_when_frozen
+
+        pack = packs_when_frozen(model)  # bf16 without biases: the linears run fastllm's kernel on packed tiles
 
         def step(model_, cur: torch.Tensor, cache) -> torch.Tensor:
             # Read when (re)compiling; autotune_num_choices_displayed=0 keeps the autotuner's report off stderr. Every
@@ -171,6 +174,7 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
             with (
                 torch._inductor.config.patch(freezing=True, autotune_num_choices_displayed=0),
                 torch._dynamo.config.patch(recompile_limit=64),
+                packing_linears(pack),
             ):
                 return compiled(cur[:, None], cache)[:, -1]  # (B, V)
 
@@ -180,13 +184,13 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
 
 def decode_threads(model, device: torch.device, compile) -> contextlib.AbstractContextManager:
     """The thread setting of the decode loop. On the CPU, where the step's linear layers run fastllm's C++ kernels
-    (eager steps; int8 layers also when compiled; bf16 layers compiled with frozen weights, `packs_when_frozen`),
+    (eager steps; int8 layers also when compiled; layers compiled with frozen weights that `packs_when_frozen`),
     torch's pool at one thread and the kernels on the others (`fastllm.kernels.cpu.decode_threads`); otherwise
     (other compiled float steps: inductor's GEMMs use torch's pool; CUDA) unchanged."""
     from fastllm.models.layers import packs_when_frozen
     from fastllm.quant import is_quantized
 
-    packed = compile is True and packs_when_frozen(model.tok_emb.weight.dtype)
+    packed = compile is True and packs_when_frozen(model)
     if device.type != "cpu" or (compile and not is_quantized(model) and not packed):
         return contextlib.nullcontext()
     from fastllm.kernels import cpu

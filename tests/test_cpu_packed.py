@@ -94,11 +94,13 @@ def test_bad_input_is_refused_with_a_clear_error():
 
 
 def test_frozen_bf16_decode_step_runs_packed_and_matches_eager(cpu_kernels, monkeypatch):
-    """compile=True on the CPU in bf16: the step's linears run fastllm::linear_packed on weights packed while
-    compiling (freezing folds pack_weight), the same sums as the eager step's row-major kernel: identical tokens;
-    a changed weight recompiles."""
+    """compile=True on the CPU, bf16 without biases: the step's linears run fastllm::linear_packed on weights packed
+    while compiling (freezing folds pack_weight), the same sums as the eager step's row-major kernel: identical
+    tokens; a changed weight recompiles."""
     torch.manual_seed(0)
-    cfg = ModelConfig.from_name("llm-scratch-v2", n_layer=2, d_model=64, n_head=4, d_ff=96, vocab_size=97)
+    cfg = ModelConfig.from_name(
+        "llm-scratch-v2", n_layer=2, d_model=64, n_head=4, d_ff=96, vocab_size=97, out_bias=False, mlp_bias=False
+    )  # bias-free bf16 linears: every one packs (`packs_when_frozen`)
     model = Transformer(cfg).eval().to(torch.bfloat16)
     prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 7)]
     greedy = engine.SamplingParams(temperature=0)

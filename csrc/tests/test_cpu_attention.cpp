@@ -1,7 +1,9 @@
 // Unit tests of the CPU decode attention kernel (csrc/cpu/attention.h): every instruction set this CPU
 // has, fp32 and bf16, rings that wrap, windows and sinks, GQA, several new queries per row, ALiBi and
 // relative-position biases, 1..3 threads, against a double-precision reference written from the
-// contract (positions, not slots: it finds each position's slot by the ring formula).
+// contract (positions, not slots: it finds each position's slot by the ring formula); and MLA's form over
+// a paged pool with the log-sum-exp output.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -135,10 +137,80 @@ void test_attention() {
   CHECK(fastllm::cpu::force_isa(""));
 }
 
+// MLA's form (fastllm.kernels.mla_decode): one kv head for all H query heads, k the whole latent row
+// (R + Dr), v its first R values (the same memory), a paged pool addressed through a block table whose
+// entries past a row's pages are garbage (-1), pages no row names holding NaN; o and the log-sum-exp.
+void test_mla_paged() {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal;
+  for (const char* isa : {"avx512", "avx2", "generic"}) {
+    if (!fastllm::cpu::force_isa(isa)) continue;
+    for (int threads : {1, 3}) {
+      const int64_t B = 3, Tq = 2, H = 5, R = 24, Dr = 7, D = R + Dr, page = 16, per_row = 4, pool = B * per_row + 2;
+      std::vector<float> q(B * Tq * H * D), kv(pool * page * D, NAN);
+      for (auto& f : q) f = normal(rng);
+      std::vector<int64_t> perm(pool), table(B * per_row, -1), lens = {37, 0, 64};
+      for (int64_t i = 0; i < pool; ++i) perm[i] = i;
+      std::shuffle(perm.begin(), perm.end(), rng);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < (lens[b] + page - 1) / page; ++i) {
+          table[b * per_row + i] = perm[b * per_row + i];
+          for (int64_t r = 0; r < page; ++r)
+            for (int64_t d = 0; d < D; ++d) kv[(perm[b * per_row + i] * page + r) * D + d] = normal(rng);
+        }
+      std::vector<float> o(B * Tq * H * R, NAN), lse(B * Tq * H, NAN);
+      DecodeAttnArgs a;
+      a.B = B, a.Tq = Tq, a.H = H, a.Hkv = 1, a.C = page, a.D = D, a.Dv = R;
+      a.q = q.data(), a.q_sb = Tq * H * D, a.q_st = H * D, a.q_sh = D;
+      a.k = kv.data(), a.k_sb = page * D, a.k_sc = D, a.k_sh = 0;
+      a.v = kv.data(), a.v_sb = page * D, a.v_sc = D, a.v_sh = 0;
+      a.seqlens = lens.data();
+      a.scale = 0.3f;
+      a.block_table = table.data(), a.bt_stride = per_row, a.pages_per_row = per_row, a.page_size = page;
+      a.o = o.data(), a.lse = lse.data();
+      fastllm::cpu::decode_attention(a, threads);
+      double worst = 0;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < Tq; ++t)
+          for (int64_t h = 0; h < H; ++h) {
+            const int64_t qpos = lens[b] - Tq + t, at = (b * Tq + t) * H + h;
+            std::vector<double> score;
+            std::vector<const float*> rows;
+            for (int64_t s = 0; s <= qpos; ++s) {
+              const float* row = kv.data() + (table[b * per_row + s / page] * page + s % page) * D;
+              double x = 0;
+              for (int64_t d = 0; d < D; ++d) x += double(q[at * D + d]) * row[d];
+              score.push_back(x * a.scale);
+              rows.push_back(row);
+            }
+            double m = -INFINITY, sum = 0;
+            for (double x : score) m = std::max(m, x);
+            std::vector<double> out(R, 0.0);
+            for (size_t j = 0; j < score.size(); ++j) {
+              const double p = std::exp(score[j] - m);
+              sum += p;
+              for (int64_t d = 0; d < R; ++d) out[d] += p * rows[j][d];
+            }
+            if (score.empty()) {
+              CHECK(std::isinf(lse[at]) && lse[at] < 0);
+            } else {
+              worst = std::max(worst, std::abs(lse[at] - (m + std::log(sum))));
+            }
+            for (int64_t d = 0; d < R; ++d)
+              worst = std::max(worst, std::abs(o[at * R + d] - (sum > 0 ? out[d] / sum : 0.0)));
+          }
+      if (worst > 2e-5) std::fprintf(stderr, "mla paged %s threads=%d: error %g\n", isa, threads, worst);
+      CHECK(worst <= 2e-5);
+    }
+  }
+  CHECK(fastllm::cpu::force_isa(""));
+}
+
 }  // namespace
 
 int main() {
   test_attention();
+  test_mla_paged();
   if (g_failures) std::fprintf(stderr, "%d checks failed\n", g_failures);
   return g_failures ? 1 : 0;
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -89,10 +90,10 @@ class Linear(nn.Linear):
     """nn.Linear (same parameters, same state_dict) whose inference calls on the CPU go through fastllm's C++ GEMV.
 
     Eager: `fastllm::linear` on the row-major weight (other calls than a decode step's few rows are F.linear).
-    Compiled with frozen weights (the engine's CPU decode step) and a decode-sized bf16 input (`packs_when_frozen`):
-    `fastllm::linear_packed` on `pack_weight(weight)`, which freezing folds into a constant, so each weight streams
-    as one run of memory per 8-row tile. Otherwise under torch.compile, and whenever autograd records, it is
-    F.linear itself (inductor's GEMMs; the usual backward)."""
+    Inside the engine's compiled CPU step of a model that `packs_when_frozen` (weights frozen), a decode-sized call
+    runs `fastllm::linear_packed` on `pack_weight(weight)`, which freezing folds into a constant, so each weight
+    streams as one run of memory per 8-row tile. Otherwise under torch.compile, and whenever autograd records, it
+    is F.linear itself (inductor's GEMMs; the usual backward)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cpu or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
@@ -100,27 +101,50 @@ class Linear(nn.Linear):
         if not torch.compiler.is_compiling():
             return torch.ops.fastllm.linear(x, self.weight, self.bias)
         decode_sized = x.numel() <= MAX_M_PACKED * self.in_features
-        if decode_sized and x.dtype == self.weight.dtype and _packs_when_frozen_traced(x.dtype):
+        if decode_sized and x.dtype == self.weight.dtype and _packing_traced():
             return torch.ops.fastllm.linear_packed(x, pack_weight(self.weight), self.bias, self.out_features)
         return F.linear(x, self.weight, self.bias)
 
 
-def packs_when_frozen(dtype: torch.dtype) -> bool:
-    """Whether a compiled CPU decode step with frozen weights (`inductor.config.freezing`) runs its linears of this
-    dtype on `fastllm::linear_packed`: bf16 only, and only where the C++ kernels are dispatched. Measured on 2 AVX-512
-    cores, interleaved in one process: the SWA-MLA 262M step (bf16, no biases, which inductor's max-autotune left on
-    aten::mm) 35.7 -> 29.7 ms, GPT-2 bf16 about even (12.7 vs 11.7 ms median, noisy); fp32 stays with inductor's
-    GEMMs, which beat the packed fp32 kernel (GPT-2 21 vs 28 ms: fp32 tiles stream slower than fp32 rows here).
-    Without freezing, packing would run on every call."""
-    return dtype == torch.bfloat16 and use_cpu_kernel("linear_packed", torch.device("cpu"))
+_packing = False  # on while the engine traces a compiled CPU step of a model that packs_when_frozen
+
+
+def packs_when_frozen(model: nn.Module) -> bool:
+    """Whether the engine's compiled CPU decode step (weights frozen) runs this model's linears on
+    `fastllm::linear_packed`: every linear layer bf16 without a bias, where the C++ kernels are dispatched; the
+    step then runs inside `fastllm.kernels.cpu.decode_threads` (torch's pool at one thread).
+
+    Measured on 2 AVX-512 cores, the two compiled paths interleaved in one process: inductor left the bias-free bf16
+    linears of the SWA-MLA 262M model on aten::mm (~12 GB/s), and packing them took its step from 32.4 to 25.9 ms
+    (35.7 -> 29.7 in a slower phase); GPT-2's biased bf16 linears became oneDNN / C++ GEMMs that beat the packed
+    kernel (batch 1: 11.0 vs 13.7 ms, batch 8: 23.5 vs 29.0), and so did fp32 (GPT-2: 21 vs 28 ms; fp32 tiles
+    stream slower than fp32 rows here). A mix (packed layers next to inductor GEMMs on one torch thread) was worst
+    (GPT-2 bf16 with only its bias-free head packed: 16.9 ms), hence all or none."""
+    linears = [m for m in model.modules() if isinstance(m, Linear)]
+    return (
+        bool(linears)
+        and all(m.weight.dtype == torch.bfloat16 and m.bias is None for m in linears)
+        and use_cpu_kernel("linear_packed", torch.device("cpu"))
+    )
+
+
+@contextlib.contextmanager
+def packing_linears(on: bool):
+    """Sets what `Linear` reads while torch.compile traces it (the engine wraps its compiled CPU step in this)."""
+    global _packing
+    outer, _packing = _packing, on
+    try:
+        yield
+    finally:
+        _packing = outer
 
 
 @torch.compiler.assume_constant_result
-def _packs_when_frozen_traced(dtype: torch.dtype) -> bool:
-    """`packs_when_frozen` and freezing on, read once while torch.compile traces."""
+def _packing_traced() -> bool:
+    """`packing_linears` on and freezing on (without it, packing would run on every call); read while tracing."""
     from torch._inductor import config
 
-    return bool(config.freezing) and packs_when_frozen(dtype)
+    return _packing and bool(config.freezing)
 
 
 # ---- MLP ---------------------------------------------------------------------------------------------------------
