@@ -154,6 +154,8 @@ def test_bad_input_is_refused_with_a_clear_error():
         ((q, kv, torch.full_like(L, S + 1), R, scale, None), "exceeds the cache length"),
         ((pq, pool, torch.full_like(pL, 5 * page + 1), pR, pscale, table), "needs 6 pages, block_table has 5"),
         ((pq, pool, torch.full_like(pL, 1), pR, pscale, bad_table), "names pages outside the pool"),
+        ((pq, pool, pL, pR, pscale, table[:1]), "block_table must be an integer"),
+        ((pq, pool, pL, pR, pscale, table.float()), "block_table must be an integer"),
         ((q, torch.randn(*kv.shape[:2], 2 * kv.shape[2])[..., ::2], L, R, scale, None), "contig"),
     ]
     for args, match in bad:

@@ -106,6 +106,10 @@ def mla_decode(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_ta
             if n > kv_cache.shape[1]:
                 raise ValueError(f"mla_decode: cache_seqlens[{b}] = {n} exceeds the cache length {kv_cache.shape[1]}")
     else:
+        bt = block_table
+        if bt.dim() != 2 or bt.shape[0] != B or bt.is_floating_point() or not bt.is_cpu:
+            _fail(f"mla_decode: block_table must be an integer (B={B}, max_pages) CPU tensor, got "
+                  f"{tuple(block_table.shape)} {block_table.dtype} on {block_table.device}")  # fmt: skip
         page_size, pool = kv_cache.shape[1], kv_cache.shape[0]
         table = block_table.to(torch.int64).contiguous()  # (B, max_pages)
         for b, n in enumerate(seen):
