@@ -142,10 +142,11 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
     """`decode_one_token` under torch.compile(fullgraph=True), kept on the model for later calls.
 
     compile=True: on CUDA, inductor with CUDA graphs ("reduce-overhead"). On the CPU, inductor with max-autotune and
-    freezing: the weights become constants, packed for inductor's C++ micro-GEMMs, which stream them at close to the
-    memory bandwidth at small batch (MKL's GEMV reaches about half of it); compiling takes ~20-60 s the first time
-    (inductor caches it on disk). Frozen weights are baked in: when a parameter changes (in place or replaced), the
-    next call compiles again, after `torch._dynamo.reset()` (which drops every compiled graph in the process).
+    freezing: the weights become constants, packed for inductor's C++ / oneDNN GEMMs, or, in models whose linears
+    are all bf16 without biases (`layers.packs_when_frozen`), into fastllm's 8-row tiles for its C++ kernel;
+    compiling takes ~20-60 s the first time (inductor caches it on disk). Frozen weights are baked in: when a
+    parameter changes (in place or replaced), the next call compiles again, after `torch._dynamo.reset()` (which
+    drops every compiled graph in the process).
     A string names another torch.compile backend ("aot_eager", ...), used with its defaults.
     """
     device = model.tok_emb.weight.device
