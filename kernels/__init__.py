@@ -1,8 +1,8 @@
 """fastllm.kernels: the public functional API of fastllm's kernels (installed from the top-level `kernels/`).
 
-Every op is a `torch.library` custom op (`torch.ops.fastllm.<name>`, see `_ops.py`) with a fake implementation, so
-`torch.compile(fullgraph=True)` traces models that call it. At run time each call picks its backend in one place,
-`_dispatch.backend_for` (the rule of DESIGN.md): the Triton kernel for CUDA tensors (or CPU tensors under
+Every op is a `torch.library` custom op (`torch.ops.fastllm.<name>`, see `_ops.py` and `_ops_inference.py`) with a fake
+implementation, so `torch.compile(fullgraph=True)` traces models that call it. At run time each call picks its backend
+in one place, `_dispatch.backend_for` (the rule of DESIGN.md): the Triton kernel for CUDA tensors (or CPU tensors under
 `TRITON_INTERPRET=1`) when one is registered for the op, else the eager reference in `fastllm.kernels.reference`;
 `FASTLLM_KERNELS=reference|triton` forces a side and a forced side that cannot run raises.
 
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from fastllm.kernels import _ops
+from fastllm.kernels import _ops, _ops_inference
 from fastllm.kernels._dispatch import backend_for as backend_for
 from fastllm.kernels.reference.glu import ACTIVATIONS, glu_expr, split_packed
 from fastllm.kernels.reference.linear import dequantize_int8 as dequantize_int8
@@ -158,7 +158,7 @@ def swa_decode(
     )
     _require(C > sink_tokens, f"swa_decode: C={C} slots leave no ring after sink_tokens={sink_tokens}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
-    return _ops.swa_decode(
+    return _ops_inference.swa_decode(
         _last_dim_contiguous(q),
         _last_dim_contiguous(k_cache),
         _last_dim_contiguous(v_cache),
@@ -225,7 +225,7 @@ def mla_decode(q, kv_cache, cache_seqlens, *, kv_lora_rank, softmax_scale, block
             f"mla_decode: block_table must be an integer (B={B}, max_pages) tensor",
         )
         _require(kv_cache.shape[1] % 16 == 0, f"mla_decode: page_size={kv_cache.shape[1]} is not a multiple of 16")
-    return _ops.mla_decode(
+    return _ops_inference.mla_decode(
         _last_dim_contiguous(q),
         _last_dim_contiguous(kv_cache),
         cache_seqlens,
@@ -360,7 +360,7 @@ def int8_linear(x, packed, scale, bias=None, *, activations="float"):
             f"int8_linear: bias must be ({N},) {x.dtype} on {x.device}, got {tuple(bias.shape)} {bias.dtype}",
         )
     _require(activations in ("float", "int8"), f"int8_linear: activations must be 'float' or 'int8': {activations!r}")
-    op = _ops.int8_linear if activations == "float" else _ops.w8a8_linear
+    op = _ops_inference.int8_linear if activations == "float" else _ops_inference.w8a8_linear
     return op(x, packed, scale, bias)
 
 
@@ -448,10 +448,10 @@ def sample(
     )
     if noise is not None:
         _require(noise.shape == logits.shape, f"sample: noise must be {tuple(logits.shape)}, got {tuple(noise.shape)}")
-        return _ops.sample_from_noise(logits, noise, *params, prev_tokens, nan_flag)
+        return _ops_inference.sample_from_noise(logits, noise, *params, prev_tokens, nan_flag)
     if seed is None and isinstance(temperature, (int, float)) and temperature == 0:
         seed = torch.zeros(1, dtype=torch.int64, device=device)  # greedy: leave the generator alone
-    return _ops.sample_philox(logits, seeds_for(logits, seed, generator), *params, prev_tokens, nan_flag)
+    return _ops_inference.sample_philox(logits, seeds_for(logits, seed, generator), *params, prev_tokens, nan_flag)
 
 
 __all__ = [

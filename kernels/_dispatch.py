@@ -20,8 +20,8 @@ Triton launchers are registered by op name with `register_triton`; `fastllm.kern
 when a call might use Triton) registers its launchers when it is imported. An op without a registered launcher
 simply has no Triton path yet: auto mode uses the reference for it (so `TRITON_INTERPRET=1` does not disturb the
 reference ops), and a forced `FASTLLM_KERNELS=triton` raises NotImplementedError naming the op. A launcher takes
-exactly the arguments of the reference function the op calls (see `fastllm.kernels._ops`) and returns the same
-outputs.
+exactly the arguments of the reference function the op calls (see `fastllm.kernels._ops`, `_ops_inference`) and
+returns the same outputs.
 """
 
 import importlib

@@ -53,3 +53,37 @@ def cpu_kernels(monkeypatch):
     `reference`)."""
     monkeypatch.setenv("FASTLLM_KERNELS", "auto")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def assert_thread_invariant(call):
+    """call() (a tensor or a tuple of them) gives the same bits on 1, 2 or 3 torch threads (the C++ kernels run on
+    torch's intra-op count outside decode_threads) and from two Python threads calling at once: the kernels split
+    work so that each output is computed whole by one thread."""
+    import threading
+
+    import torch
+
+    def same(a, b):
+        a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
+        return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = call()
+        for n in (2, 3):
+            torch.set_num_threads(n)
+            assert same(call(), want), f"{n} threads"
+    finally:
+        torch.set_num_threads(torch_threads)
+    out = [None, None]
+
+    def run(i):
+        out[i] = [call() for _ in range(5)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(same(got, want) for results in out for got in results)

@@ -3,11 +3,9 @@
 the fp64 reference on every instruction set this CPU has; unwritten slots holding NaN; strided caches; threads; the
 dispatch that sends CPU calls to it; and its errors."""
 
-import threading
-
 import pytest
 import torch
-from conftest import CPU_ISAS
+from conftest import CPU_ISAS, assert_thread_invariant
 
 import fastllm.kernels as K
 from fastllm.kernels import cpu
@@ -97,26 +95,7 @@ def test_threads_give_the_same_bits():
     calling at once, give identical outputs."""
     args = inputs((4, 2, 8, 2, 64, 64, 300, None, 0), torch.float32, 3)
     args[3].fill_(300)  # enough work to use every thread
-    torch_threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)  # the kernel runs on torch's intra-op thread count (outside decode_threads)
-        want = cpu.swa_decode(*args)
-        for n in (2, 3):
-            torch.set_num_threads(n)
-            assert torch.equal(cpu.swa_decode(*args), want)
-    finally:
-        torch.set_num_threads(torch_threads)
-    out = [None, None]
-
-    def call(i):
-        out[i] = [cpu.swa_decode(*args) for _ in range(5)]
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(torch.equal(o, want) for got in out for o in got)
+    assert_thread_invariant(lambda: cpu.swa_decode(*args))
 
 
 def test_public_swa_decode_dispatch(cpu_kernels, monkeypatch):

@@ -23,6 +23,19 @@ def _strides(x: torch.Tensor, name: str) -> tuple[int, int, int]:
     return x.stride(0), x.stride(1), x.stride(2)
 
 
+def _seqlens(op: str, cache_seqlens: torch.Tensor, B: int) -> tuple[torch.Tensor, list[int]]:
+    """The (B,) int64 contiguous lengths the C++ side reads, and their host copy (one read: B is a batch size),
+    checked: an integer (B,) CPU tensor of values >= 0."""
+    if cache_seqlens.shape != (B,) or cache_seqlens.is_floating_point() or not cache_seqlens.is_cpu:
+        _fail(f"{op}: cache_seqlens must be an integer ({B},) CPU tensor, got {tuple(cache_seqlens.shape)} "
+              f"{cache_seqlens.dtype} on {cache_seqlens.device}")  # fmt: skip
+    lens = cache_seqlens.to(torch.int64).contiguous()
+    seen = lens.tolist()
+    if any(n < 0 for n in seen):
+        raise ValueError(f"{op}: cache_seqlens must be >= 0, got {seen}")
+    return lens, seen
+
+
 def swa_decode(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_tokens, alibi_slopes, rel_bias):
     """`fastllm.kernels.swa_decode` (window None or >= 1) on the CPU: o (B, Tq, H, Dv) in q's dtype."""
     if q.dim() != 4 or k_cache.dim() != 4 or v_cache.dim() != 4:
@@ -41,15 +54,8 @@ def swa_decode(q, k_cache, v_cache, cache_seqlens, window, softmax_scale, sink_t
         _fail(f"swa_decode: C={C} slots leave no ring after sink_tokens={sink_tokens}")
     if window is not None and window < 1:
         _fail(f"swa_decode: window must be None or >= 1, got {window}")
-    if cache_seqlens.shape != (B,) or cache_seqlens.is_floating_point() or not cache_seqlens.is_cpu:
-        _fail(f"swa_decode: cache_seqlens must be an integer ({B},) CPU tensor, got {tuple(cache_seqlens.shape)} "
-              f"{cache_seqlens.dtype} on {cache_seqlens.device}")  # fmt: skip
-    lens = cache_seqlens if cache_seqlens.dtype == torch.int64 else cache_seqlens.to(torch.int64)
-    lens = lens.contiguous()
+    lens, seen = _seqlens("swa_decode", cache_seqlens, B)
     if B:
-        seen = lens.tolist()  # one host read (B is a batch size)
-        if min(seen) < 0:
-            raise ValueError(f"swa_decode: cache_seqlens must be >= 0, got {seen}")
         if max(seen) > C and (window is None or C < window + sink_tokens + Tq - 1):
             need = "every token cached" if window is None else "C >= window + sink_tokens + Tq - 1"
             raise ValueError(
@@ -93,13 +99,7 @@ def mla_decode(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_ta
     if kv_cache.dim() != 3 or kv_cache.shape[2] != D or not 0 < kv_lora_rank <= D:
         _fail(f"mla_decode: kv_cache must be (.., .., {D}) with 0 < kv_lora_rank <= {D}, got "
               f"{tuple(kv_cache.shape)}, kv_lora_rank={kv_lora_rank}")  # fmt: skip
-    if cache_seqlens.shape != (B,) or cache_seqlens.is_floating_point() or not cache_seqlens.is_cpu:
-        _fail(f"mla_decode: cache_seqlens must be an integer ({B},) CPU tensor, got {tuple(cache_seqlens.shape)} "
-              f"{cache_seqlens.dtype} on {cache_seqlens.device}")  # fmt: skip
-    lens = cache_seqlens.to(torch.int64).contiguous()
-    seen = lens.tolist()  # one host read (B is a batch size)
-    if any(n < 0 for n in seen):
-        raise ValueError(f"mla_decode: cache_seqlens must be >= 0, got {seen}")
+    lens, seen = _seqlens("mla_decode", cache_seqlens, B)
     paged = ()
     if block_table is None:
         for b, n in enumerate(seen):
@@ -128,11 +128,11 @@ def mla_decode(q, kv_cache, cache_seqlens, kv_lora_rank, softmax_scale, block_ta
     lse = torch.empty(B, Tq, H, dtype=torch.float32)  # (B, Tq, H)
     if o.numel() == 0:
         return o, lse
-    kv = kv_cache[:, :, None]  # (B or pages, S, 1, R + Dr): one kv head
+    kv = kv_cache[:, :, None]  # (B or pages, S, 1, R + Dr): one kv head, read as k and (its first R values) as v
+    kv_strides = _strides(kv, "kv_cache")
     _cpu.decode_attention(
         DTYPE_CODES[q.dtype], (B, Tq, H, 1, kv_cache.shape[1], D, kv_lora_rank),
-        q.data_ptr(), _strides(q, "q"), kv.data_ptr(), _strides(kv, "kv_cache"),
-        kv.data_ptr(), _strides(kv, "kv_cache"), lens.data_ptr(),
+        q.data_ptr(), _strides(q, "q"), kv.data_ptr(), kv_strides, kv.data_ptr(), kv_strides, lens.data_ptr(),
         0, 0, float(softmax_scale), 0, 0, 0, o.data_ptr(), threads(), lse=lse.data_ptr(), paged=paged,
     )  # fmt: skip
     return o, lse

@@ -73,15 +73,21 @@ def _fail(msg: str):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (..., K) @ weight (N, K)^T + bias -> (..., N), fp32 or bf16 (one dtype for all), accumulated in fp32."""
-    code = DTYPE_CODES.get(x.dtype)
-    if code is None or code == 2 or not x.is_cpu:
-        _fail(f"x must be a float32 or bfloat16 CPU tensor, got {x.dtype} on {x.device}")
+    code = _x_code(x)
     if weight.dtype != x.dtype or weight.dim() != 2 or not weight.is_cpu or weight.shape[1] != x.shape[-1]:
         _fail(f"weight must be (N, K={x.shape[-1]}) {x.dtype} on the CPU, got {tuple(weight.shape)} {weight.dtype} "
               f"on {weight.device}")  # fmt: skip
     if weight.stride(1) != 1 or weight.stride(0) < weight.shape[1]:
         weight = weight.contiguous()
     return _run(x, code, weight, code, False, weight.stride(0), None, bias, weight.shape[0])
+
+
+def _x_code(x: torch.Tensor) -> int:
+    """The C++ dtype code of activations x: fp32 or bf16 on the CPU."""
+    code = DTYPE_CODES.get(x.dtype)
+    if code is None or code == 2 or not x.is_cpu:
+        _fail(f"x must be a float32 or bfloat16 CPU tensor, got {x.dtype} on {x.device}")
+    return code
 
 
 def _run(x, x_code, w, w_code, packed, ldw, scale, bias, N, quantize_x=False):
@@ -117,9 +123,7 @@ def linear_int8_packed(
     A decode step calls this ~50 times per token, so the checks are written for speed (a few microseconds); they
     are complete all the same: the C++ side trusts every pointer and size it gets.
     """
-    code = DTYPE_CODES.get(x.dtype)
-    if code is None or code == 2 or not x.is_cpu:
-        _fail(f"x must be a float32 or bfloat16 CPU tensor, got {x.dtype} on {x.device}")
+    code = _x_code(x)
     if scale.dtype != torch.float32 or scale.dim() != 1 or not scale.is_cpu or not scale.is_contiguous():
         got = f"{tuple(scale.shape)} {scale.dtype} on {scale.device}"
         _fail(f"scale must be (N,) contiguous float32 on the CPU, got {got}")
@@ -138,9 +142,7 @@ def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     """x (..., K) @ weight^T + bias -> (..., N) for an fp32 or bf16 weight packed by `pack_weight` (x's dtype):
     the packed tiles stream as one run of memory each (row-major rows of a few KB side by side reached ~75% of
     the packed speed, measured on bf16). Any number of rows (meant for few: decode)."""
-    code = DTYPE_CODES.get(x.dtype)
-    if code is None or code == 2 or not x.is_cpu:
-        _fail(f"x must be a float32 or bfloat16 CPU tensor, got {x.dtype} on {x.device}")
+    code = _x_code(x)
     N, K = out_features, x.shape[-1]
     if packed.dtype != x.dtype or tuple(packed.shape) != packed_shape(N, K) or not packed.is_cpu:
         _fail(f"packed weight for ({N}, {K}) must be {packed_shape(N, K)} {x.dtype} on the CPU, got "
