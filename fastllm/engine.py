@@ -144,13 +144,18 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
     compile=True: on CUDA, inductor with CUDA graphs ("reduce-overhead"). On the CPU, inductor with max-autotune and
     freezing: the weights become constants, packed for inductor's C++ / oneDNN GEMMs, or, in models whose linears
     are all bf16 without biases (`layers.packs_when_frozen`), into fastllm's 8-row tiles for its C++ kernel;
-    compiling takes ~20-60 s the first time (inductor caches it on disk). Frozen weights are baked in: when a
-    parameter changes (in place or replaced), the next call compiles again, after `torch._dynamo.reset()` (which
-    drops every compiled graph in the process).
+    compiling takes ~20-60 s the first time (inductor caches it on disk). On the CPU the graph calls fastllm's
+    kernels as C++ torch operators (`fastllm.kernels.cpu.native`, built on first use, ~10 s). Frozen weights are baked
+    in: when a parameter changes (in place or replaced), the next call compiles again, after
+    `torch._dynamo.reset()` (which drops every compiled graph in the process).
     A string names another torch.compile backend ("aot_eager", ...), used with its defaults.
     """
     device = model.tok_emb.weight.device
     frozen = compile is True and device.type == "cpu"
+    if device.type == "cpu":
+        from fastllm.kernels.cpu import native
+
+        native.load()  # the C++ torch operators: no Python between the compiled graph and the kernels
     weights = tuple((id(p), p._version) for p in model.parameters()) if frozen else None
     key = (compile, device.type, next(model.parameters()).dtype)
     cached = model.__dict__.get("_fastllm_decode_step")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import fastllm.kernels as K
+from fastllm.kernels.cpu import native
 
 MODES = ("int8", "w8a8")  # weight-only; weights and activations
 
@@ -36,7 +37,7 @@ class Int8Linear(nn.Module):
         if activations not in ("float", "int8"):
             raise ValueError(f"Int8Linear: activations must be 'float' or 'int8', got {activations!r}")
         self.in_features, self.out_features, self.activations = in_features, out_features, activations
-        self._op = torch.ops.fastllm.int8_linear if activations == "float" else torch.ops.fastllm.w8a8_linear
+        self._op = "int8_linear" if activations == "float" else "w8a8_linear"
         self.register_buffer("packed", packed)
         self.register_buffer("scale", scale)
         self.register_buffer("bias", bias)
@@ -52,7 +53,7 @@ class Int8Linear(nn.Module):
             raise ValueError(f"Int8Linear: expected (..., {self.in_features}) inputs, got {tuple(x.shape)}")
         # the op itself, not the checked K.int8_linear: the buffers are consistent by construction and the
         # kernel's launcher checks what it reads; ~50 calls per decode step make the difference measurable
-        return self._op(x, self.packed, self.scale, self.bias)
+        return native.op(self._op, x.device)(x, self.packed, self.scale, self.bias)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The (N, K) fp32 weight the layer computes with."""

@@ -16,6 +16,7 @@ import torch
 
 from fastllm.kernels import _ops, _ops_inference
 from fastllm.kernels._dispatch import backend_for as backend_for
+from fastllm.kernels.cpu import native
 from fastllm.kernels.reference.glu import ACTIVATIONS, glu_expr, split_packed
 from fastllm.kernels.reference.linear import dequantize_int8 as dequantize_int8
 from fastllm.kernels.reference.linear import pack_int8 as pack_int8
@@ -158,7 +159,7 @@ def swa_decode(
     )
     _require(C > sink_tokens, f"swa_decode: C={C} slots leave no ring after sink_tokens={sink_tokens}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
-    return _ops_inference.swa_decode(
+    return native.op("swa_decode", q.device)(
         _last_dim_contiguous(q),
         _last_dim_contiguous(k_cache),
         _last_dim_contiguous(v_cache),
@@ -225,7 +226,7 @@ def mla_decode(q, kv_cache, cache_seqlens, *, kv_lora_rank, softmax_scale, block
             f"mla_decode: block_table must be an integer (B={B}, max_pages) tensor",
         )
         _require(kv_cache.shape[1] % 16 == 0, f"mla_decode: page_size={kv_cache.shape[1]} is not a multiple of 16")
-    return _ops_inference.mla_decode(
+    return native.op("mla_decode", q.device)(
         _last_dim_contiguous(q),
         _last_dim_contiguous(kv_cache),
         cache_seqlens,
@@ -360,8 +361,7 @@ def int8_linear(x, packed, scale, bias=None, *, activations="float"):
             f"int8_linear: bias must be ({N},) {x.dtype} on {x.device}, got {tuple(bias.shape)} {bias.dtype}",
         )
     _require(activations in ("float", "int8"), f"int8_linear: activations must be 'float' or 'int8': {activations!r}")
-    op = _ops_inference.int8_linear if activations == "float" else _ops_inference.w8a8_linear
-    return op(x, packed, scale, bias)
+    return native.op("int8_linear" if activations == "float" else "w8a8_linear", x.device)(x, packed, scale, bias)
 
 
 def sample(

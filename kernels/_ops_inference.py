@@ -25,6 +25,7 @@ from fastllm.kernels.reference.sampling import sample_from_noise as _sample_ref
 from fastllm.kernels.reference.sampling import sample_philox as _sample_philox_ref
 
 _lib = torch.library.Library("fastllm", "FRAGMENT")
+FAKES: dict[str, Callable] = {}  # op name -> its fake, also registered for fastllm_cpu::<name> (kernels/cpu/native.py)
 
 
 def _inference_op(schema: str, impl: Callable, fake: Callable, cpu: Callable | None = None):
@@ -36,6 +37,7 @@ def _inference_op(schema: str, impl: Callable, fake: Callable, cpu: Callable | N
     if cpu is not None:
         _lib.impl(name, cpu, "CPU")
     torch.library.register_fake("fastllm::" + name)(fake)
+    FAKES[name] = fake
     return getattr(torch.ops.fastllm, name)
 
 

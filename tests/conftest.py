@@ -37,6 +37,9 @@ _cpu.force_isa("")
 @pytest.fixture(autouse=True)
 def _kernel_backend(request, monkeypatch):
     monkeypatch.setenv("FASTLLM_KERNELS", "triton" if request.node.get_closest_marker("triton") else "reference")
+    # fastllm's C++ torch operators (kernels/cpu/native.py) stay off unless a test asks for them (`native_ops`): once
+    # one test (or the engine's compiled step) has loaded them, the results would otherwise depend on test order
+    monkeypatch.setenv("FASTLLM_NATIVE_OPS", "0")
 
 
 @pytest.fixture
@@ -53,6 +56,15 @@ def cpu_kernels(monkeypatch):
     `reference`)."""
     monkeypatch.setenv("FASTLLM_KERNELS", "auto")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+@pytest.fixture
+def native_ops(cpu_kernels, monkeypatch):
+    """`cpu_kernels` with fastllm's C++ torch operators loaded and on (built into the cache on first use)."""
+    from fastllm.kernels.cpu import native
+
+    monkeypatch.setenv("FASTLLM_NATIVE_OPS", "1")
+    assert native.load(), "the C++ torch operators did not build or load"
 
 
 def assert_thread_invariant(call):

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "api.h"
 #include "attention.h"
 #include "linear.h"
 #include "sampling.h"
@@ -106,6 +107,10 @@ PYBIND11_MODULE(_cpu, m) {
                                          reinterpret_cast<int64_t*>(out));
       },
       "first argmax per row and the sampler's error bits; raw pointers, see csrc/cpu/sampling.h");
+  // The kernels for fastllm's torch operators (csrc/torch/ops.cpp): a capsule holding csrc/cpu/api.h's table.
+  m.attr("_api") = py::capsule(const_cast<fastllm::cpu::Api*>(fastllm::cpu::api()), "fastllm._cpu.api");
+  m.attr("API_VERSION") = fastllm::cpu::kApiVersion;
+  m.def("set_threads", &fastllm::cpu::set_threads, "the thread count the torch operators use (0: torch's)");
   m.attr("PACK_ROWS") = fastllm::cpu::kPackRows;
   m.attr("PACK_COLS") = fastllm::cpu::kPackCols;
   m.def("isa", &fastllm::cpu::isa, "the instruction set the kernels run with");

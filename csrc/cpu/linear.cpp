@@ -12,6 +12,7 @@
 #include <mutex>
 #include <vector>
 
+#include "api.h"
 #include "bf16.h"
 #include "linear_a8.h"
 #include "linear_job.h"
@@ -123,6 +124,18 @@ bool force_isa(const char* name) {
     return true;
   }
   return false;
+}
+
+namespace {
+std::atomic<int> api_threads{0};
+int get_threads() { return api_threads.load(std::memory_order_relaxed); }
+}  // namespace
+
+void set_threads(int threads) { api_threads.store(threads > 0 ? threads : 0, std::memory_order_relaxed); }
+
+const Api* api() {
+  static const Api table{kApiVersion, &linear, &decode_attention, &get_threads};
+  return &table;
 }
 
 void linear(const LinearArgs& a, int threads) {

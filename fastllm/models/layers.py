@@ -11,7 +11,7 @@ from torch import nn
 
 import fastllm.kernels as K
 from fastllm.kernels._dispatch import use_cpu_kernel
-from fastllm.kernels.cpu import MAX_M_PACKED
+from fastllm.kernels.cpu import MAX_M_PACKED, native
 from fastllm.kernels.reference.linear import pack_weight
 from fastllm.models.config import ModelConfig
 
@@ -99,10 +99,10 @@ class Linear(nn.Linear):
         if not x.is_cpu or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
             return F.linear(x, self.weight, self.bias)
         if not torch.compiler.is_compiling():
-            return torch.ops.fastllm.linear(x, self.weight, self.bias)
+            return native.op("linear", x.device)(x, self.weight, self.bias)
         decode_sized = x.numel() <= MAX_M_PACKED * self.in_features
         if decode_sized and x.dtype == self.weight.dtype and _packing_traced():
-            return torch.ops.fastllm.linear_packed(x, pack_weight(self.weight), self.bias, self.out_features)
+            return native.op("linear_packed", x.device)(x, pack_weight(self.weight), self.bias, self.out_features)
         return F.linear(x, self.weight, self.bias)
 
 

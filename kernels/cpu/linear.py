@@ -44,11 +44,13 @@ def decode_threads():
     outer, torch_threads = _threads, torch.get_num_threads()
     _threads = outer or torch_threads
     torch.set_num_threads(1)
+    _cpu.set_threads(_threads)  # the same count for the C++ torch operators (kernels/cpu/native.py)
     try:
         yield
     finally:
         torch.set_num_threads(torch_threads)
         _threads = outer
+        _cpu.set_threads(outer or 0)
 
 
 def isa() -> str:

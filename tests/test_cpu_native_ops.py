@@ -1,0 +1,208 @@
+"""fastllm's CPU kernels as C++ torch operators (`torch.ops.fastllm_cpu.*`, csrc/torch/ops.cpp, built and loaded by
+`fastllm.kernels.cpu.native`): for every op, the same bits as the `fastllm::` op (whose CPU path is the Python
+launcher and the same kernel) on odd shapes, strided inputs and every option; bad input raising the launcher's own
+error (the operators hand every call they do not fully check to the `fastllm::` op); the calls they leave to torch;
+the thread count of `decode_threads`; the switch; the build cache; and the compiled decode step that calls them."""
+
+import pytest
+import torch
+from test_cpu_attention import CASES as SWA_CASES
+from test_cpu_attention import inputs as swa_inputs
+from test_cpu_mla import CASES as MLA_CASES
+from test_cpu_mla import inputs as mla_inputs
+
+import fastllm.kernels as K
+from fastllm import engine
+from fastllm.kernels import cpu
+from fastllm.kernels.cpu import native
+from fastllm.kernels.reference.linear import pack_weight
+from fastllm.models import ModelConfig, Transformer
+from fastllm.quant import quantize
+
+pytestmark = pytest.mark.usefixtures("native_ops")
+
+NATIVE, PYTHON = torch.ops.fastllm_cpu if hasattr(torch.ops, "fastllm_cpu") else None, torch.ops.fastllm
+
+
+def same(a, b):
+    a, b = (a,) if torch.is_tensor(a) else a, (b,) if torch.is_tensor(b) else b
+    return len(a) == len(b) and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a, b))
+
+
+def both(name, *args):
+    """(fastllm_cpu::<name>(*args), fastllm::<name>(*args))."""
+    return getattr(torch.ops.fastllm_cpu, name)(*args), getattr(PYTHON, name)(*args)
+
+
+def linear_args(M, N, K_, dtype, seed, bias):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K_, generator=g).to(dtype)
+    w = torch.randn(N, K_, generator=g).to(dtype)
+    b = torch.randn(N, generator=g).to(dtype) if bias else None
+    return x, w, b
+
+
+LINEAR_SHAPES = [(1, 37, 19), (3, 203, 130), (8, 9, 64), (16, 70, 257), (2, 64, 128), (20, 11, 33)]  # (M, N, K)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linears_equal_the_python_ops(dtype, bias):
+    for i, (M, N, K_) in enumerate(LINEAR_SHAPES):  # M = 20 is past both kernels' row limits: torch serves it
+        x, w, b = linear_args(M, N, K_, dtype, i, bias)
+        codes, scale = K.quantize_int8(w.float())
+        packed = K.pack_int8(codes)
+        for name, args in [
+            ("linear", (x, w, b)),
+            ("linear_packed", (x, pack_weight(w), b, N)),
+            ("int8_linear", (x, packed, scale, b)),
+            ("w8a8_linear", (x, packed, scale, b)),
+        ]:
+            got, want = both(name, *args)
+            assert same(got, want), (name, M, N, K_)
+        x3 = torch.randn(2, K_ + 3, M, dtype=torch.float32).to(dtype).transpose(1, 2)[:, :, 1 : K_ + 1]  # strided
+        got, want = both("int8_linear", x3, packed, scale, b)
+        assert same(got, want) and got.shape == (2, M, N)
+        got, want = both("linear", x3, w.t().contiguous().t(), b)  # a column-major weight
+        assert same(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("biases", [False, True])
+def test_swa_decode_equals_the_python_op(dtype, biases):
+    for case in SWA_CASES:
+        for seed in range(2):
+            q, k, v, L, window, scale, sinks, alibi, rel = swa_inputs(case, dtype, seed, biases)
+            args = (q, k, v, L.to(torch.int32), -1 if window is None else window, scale, sinks, alibi, rel)
+            got, want = both("swa_decode", *args)
+            assert same(got, want), (case, seed)
+    q, k, v, L, window, scale, sinks, _, _ = swa_inputs(SWA_CASES[1], dtype, 0)
+    kh, vh = k.transpose(1, 2).contiguous().transpose(1, 2), v.transpose(1, 2).contiguous().transpose(1, 2)
+    assert same(*both("swa_decode", q, kh, vh, L, -1, scale, 0, None, None))  # head-major caches (the models')
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mla_decode_equals_the_python_op(dtype):
+    for case in MLA_CASES:
+        for seed in range(2):
+            q, kv, L, R, scale, table = mla_inputs(case, dtype, seed)
+            got, want = both("mla_decode", q, kv, L, R, scale, table)
+            assert same(got, want), (case, seed)
+            if table is not None:
+                got, want = both("mla_decode", q, kv, L, R, scale, table.t().contiguous().t())  # a strided table
+                assert same(got, want)
+
+
+def test_bad_input_raises_the_launchers_errors():
+    """Every call the operator does not fully check goes to the fastllm:: op: the same exception and message."""
+    x, w, b = linear_args(3, 70, 257, torch.float32, 0, True)
+    codes, scale = K.quantize_int8(w)
+    packed = K.pack_int8(codes)
+    q, k, v, L, window, sc, sinks, alibi, rel = swa_inputs(SWA_CASES[2], torch.float32, 0, biases=True)
+    C = k.shape[1]
+    mq, kv, mL, R, msc, table = mla_inputs(MLA_CASES[3], torch.float32, 0)
+    cq, ckv, cL, cR, csc, _ = mla_inputs(MLA_CASES[1], torch.float32, 0)
+    bad = [
+        ("int8_linear", (x, packed[:, :1], scale, b)),
+        ("int8_linear", (x, packed, scale.double(), b)),
+        ("int8_linear", (x, packed, scale, b[:3])),
+        ("w8a8_linear", (x[:, :200], packed, scale, None)),
+        ("linear_packed", (x, pack_weight(w).double(), None, 70)),
+        ("linear_packed", (x, pack_weight(w), None, 80)),
+        ("swa_decode", (q, k.double(), v, L, window, sc, sinks, None, None)),
+        ("swa_decode", (q, k[:, :, :1], v, L, window, sc, sinks, None, None)),
+        ("swa_decode", (q, k, v, L, window, sc, C, None, None)),
+        ("swa_decode", (q, k, v, L[:1], window, sc, sinks, None, None)),
+        ("swa_decode", (q, k, v, -L, window, sc, sinks, None, None)),
+        ("swa_decode", (q, k, v, L.float(), window, sc, sinks, None, None)),
+        ("swa_decode", (q, k, v, torch.full_like(L, C + 1), -1, sc, sinks, None, None)),
+        ("swa_decode", (q, k, v, torch.full_like(L, C + 1), C, sc, sinks, None, None)),
+        ("swa_decode", (q, k, v, L, window, sc, sinks, alibi[:2], None)),
+        ("swa_decode", (q, k, v, L, window, sc, sinks, None, rel[:, :0])),
+        ("swa_decode", (q, torch.randn(*k.shape[:3], 2 * k.shape[3])[..., ::2], v, L, window, sc, sinks, None, None)),
+        ("mla_decode", (mq, kv, mL, R, msc, torch.full_like(table, kv.shape[0]))),
+        ("mla_decode", (mq, kv, mL, R, msc, table[:, :0])),
+        ("mla_decode", (mq, kv, torch.full_like(mL, -1), R, msc, table)),
+        ("mla_decode", (cq, ckv, torch.full_like(cL, ckv.shape[1] + 1), cR, csc, None)),
+        ("mla_decode", (cq, ckv.bfloat16(), cL, cR, csc, None)),
+    ]
+    for name, args in bad:
+        with pytest.raises(Exception) as python_error:
+            getattr(PYTHON, name)(*args)
+        with pytest.raises(type(python_error.value)) as native_error:
+            getattr(torch.ops.fastllm_cpu, name)(*args)
+        assert str(native_error.value) == str(python_error.value), name
+
+
+def test_window_zero_and_empty_calls():
+    q, k, v, L, _, sc, _, _, _ = swa_inputs(SWA_CASES[1], torch.float32, 0)
+    with pytest.raises(ValueError, match="window must be None or >= 1"):
+        torch.ops.fastllm_cpu.swa_decode(q, k, v, L, 0, sc, 0, None, None)
+    assert same(*both("swa_decode", q[:0], k[:0], v[:0], L[:0], -1, sc, 0, None, None))
+    x, w, b = linear_args(1, 5, 7, torch.float32, 0, False)
+    assert same(*both("linear", x[:0], w, b))
+
+
+def test_decode_threads_sets_the_operators_thread_count(monkeypatch):
+    """Inside decode_threads torch runs on one thread and the operators on the threads torch had, as the launchers
+    do; the results do not depend on the count."""
+    x, w, b = linear_args(4, 203, 130, torch.float32, 0, True)
+    codes, scale = K.quantize_int8(w)
+    packed = K.pack_int8(codes)
+    want = torch.ops.fastllm_cpu.int8_linear(x, packed, scale, b)
+    torch_threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        with cpu.decode_threads():
+            assert torch.get_num_threads() == 1 and cpu.threads() == 3
+            assert same(torch.ops.fastllm_cpu.int8_linear(x, packed, scale, b), want)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def test_switch_and_dispatch(monkeypatch):
+    device = torch.device("cpu")
+    assert native.loaded() and native.op("int8_linear", device) is torch.ops.fastllm_cpu.int8_linear
+    monkeypatch.setenv("FASTLLM_NATIVE_OPS", "0")
+    assert native.op("int8_linear", device) is torch.ops.fastllm.int8_linear
+    monkeypatch.setenv("FASTLLM_NATIVE_OPS", "1")
+    monkeypatch.setenv("FASTLLM_KERNELS", "reference")  # the references: the Python ops, which run them
+    assert native.op("swa_decode", device) is torch.ops.fastllm.swa_decode
+    assert native.op("mla_decode", torch.device("meta")) is torch.ops.fastllm.mla_decode
+
+
+def test_build_is_cached_and_failures_are_reported(monkeypatch, tmp_path):
+    first = native._build()
+    assert native._build() == first  # the cache: no second compile
+    monkeypatch.setenv("FASTLLM_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a compiler that fails
+    with pytest.raises(RuntimeError, match="failed"):
+        native._build()
+    assert not any(tmp_path.rglob("*.so"))  # nothing half-written is left to be loaded later
+    monkeypatch.setattr(native, "SOURCES", (tmp_path / "missing.cpp",))
+    with pytest.raises(RuntimeError, match="sources not found"):
+        native._build()
+
+
+def test_compiled_int8_step_calls_the_operators():
+    """compile=True on the CPU, int8 weights: the compiled step's linears and attention are fastllm_cpu operators
+    (what the profiler records), and the tokens equal the eager step's on the Python ops."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("gpt2", n_layer=2, d_model=64, n_head=4, vocab_size=97, max_seq_len=64)
+    model = quantize(Transformer(cfg).eval())
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 7)]
+    greedy = engine.SamplingParams(temperature=0)
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("FASTLLM_NATIVE_OPS", "0")
+        eager, _ = engine.generate(model, prompts, 10, sampling=greedy)
+    compiled, _ = engine.generate(model, prompts, 10, sampling=greedy, compile=True)
+    assert compiled == eager
+    step = engine.compiled_decode_step(model, True)
+    cache = model.new_cache(2, 32, max_chunk=1)
+    engine.prefill(model, [torch.tensor(p) for p in prompts], cache)
+    with torch.profiler.profile() as prof:
+        step(model, torch.tensor([1, 2]), cache)
+    names = {e.key for e in prof.key_averages()}
+    assert {"fastllm_cpu::int8_linear", "fastllm_cpu::swa_decode"} <= names, sorted(names)
+    assert not any(n.startswith("fastllm::") for n in names)
