@@ -201,8 +201,32 @@ def test_compiled_int8_step_calls_the_operators():
     step = engine.compiled_decode_step(model, True)
     cache = model.new_cache(2, 32, max_chunk=1)
     engine.prefill(model, [torch.tensor(p) for p in prompts], cache)
-    with torch.profiler.profile() as prof:
+    with torch.no_grad(), torch.profiler.profile() as prof:  # as the engine calls it
         step(model, torch.tensor([1, 2]), cache)
     names = {e.key for e in prof.key_averages()}
     assert {"fastllm_cpu::int8_linear", "fastllm_cpu::swa_decode"} <= names, sorted(names)
     assert not any(n.startswith("fastllm::") for n in names)
+
+
+def test_compiled_bf16_swa_mla_step_calls_the_operators():
+    """The SWA-MLA class compiled on the CPU (bf16, bias-free: packed linears, latent MLA decode, sliding-window
+    layers): every fastllm op in the step is a fastllm_cpu operator, and the tokens equal the eager step's."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(
+        "swa-mla-262m", n_layer=3, d_model=64, n_head=4, vocab_size=97, kv_lora_rank=24,
+        qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, max_seq_len=64,
+    )  # fmt: skip
+    model = Transformer(cfg).eval().to(torch.bfloat16)
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (5, 9)]
+    greedy = engine.SamplingParams(temperature=0)
+    eager, _ = engine.generate(model, prompts, 8, sampling=greedy)
+    compiled, _ = engine.generate(model, prompts, 8, sampling=greedy, compile=True)
+    assert compiled == eager
+    step = engine.compiled_decode_step(model, True)
+    cache = model.new_cache(2, 32, max_chunk=1)
+    engine.prefill(model, [torch.tensor(p) for p in prompts], cache)
+    with torch.no_grad(), torch.profiler.profile() as prof:  # as the engine calls it
+        step(model, torch.tensor([1, 2]), cache)
+    names = {e.key for e in prof.key_averages()}
+    want = {"fastllm_cpu::linear_packed", "fastllm_cpu::mla_decode", "fastllm_cpu::swa_decode"}
+    assert want <= names and not any(n.startswith("fastllm::") for n in names), sorted(names)
