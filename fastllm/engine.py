@@ -169,19 +169,20 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
     else:
         if cached is not None and cached[1] is not None:
             torch._dynamo.reset()  # the graphs compiled before hold the old weights as constants
-        # max-autotune's CPU options, frozen weights, and where every fastllm op of the graph is a C++ operator a C++
-        # wrapper (the graph's own code without Python: ~0.3 ms a step less for GPT-2); the autotuner's report off.
-        options = dict(max_autotune=True, coordinate_descent_tuning=True, freezing=True, cpp_wrapper=native)
-        compiled = torch.compile(model, fullgraph=True, options=dict(options, autotune_num_choices_displayed=0))
+        compiled = torch.compile(model, fullgraph=True, mode="max-autotune")
         from fastllm.models.layers import packing_linears, packs_when_frozen
 
         pack = packs_when_frozen(model)  # bf16 without biases: the linears run fastllm's kernel on packed tiles
-        # Every model (and cache shape) compiled adds an entry to Transformer.forward's cache: past dynamo's default
-        # limit of 8 it would silently run eager, hence the higher limit (read when recompiling).
-        limit = torch._dynamo.config.patch(recompile_limit=64)
+        # Read when (re)compiling, so set around every call (inductor's options= of torch.compile would not freeze):
+        # frozen weights; a C++ wrapper (the graph's own code without Python, ~0.3 ms a GPT-2 step) where every
+        # fastllm op in the graph is a C++ operator; the autotuner's report off stderr. Every model (and cache shape)
+        # compiled adds an entry to Transformer.forward's cache: past dynamo's default limit of 8 it would silently
+        # run eager, hence the higher limit. The patches are made once (~20 us each to make).
+        inductor = torch._inductor.config.patch(freezing=True, cpp_wrapper=native, autotune_num_choices_displayed=0)
+        dynamo = torch._dynamo.config.patch(recompile_limit=64)
 
         def step(model_, cur: torch.Tensor, cache) -> torch.Tensor:
-            with limit, packing_linears(pack):
+            with inductor, dynamo, packing_linears(pack):
                 return compiled(cur[:, None], cache)[:, -1]  # (B, V)
 
     model.__dict__["_fastllm_decode_step"] = (key, weights, step)

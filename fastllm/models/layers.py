@@ -141,9 +141,10 @@ def packing_linears(on: bool):
 
 @torch.compiler.assume_constant_result
 def _packing_traced() -> bool:
-    """`packing_linears` on, read while tracing. The engine sets it only around a step it compiles with freezing:
-    without freezing, the packing would run on every call."""
-    return _packing
+    """`packing_linears` on and freezing on (without it, packing would run on every call); read while tracing."""
+    from torch._inductor import config
+
+    return _packing and bool(config.freezing)
 
 
 # ---- MLP ---------------------------------------------------------------------------------------------------------
