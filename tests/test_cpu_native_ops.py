@@ -10,6 +10,7 @@ from test_cpu_attention import CASES as SWA_CASES
 from test_cpu_attention import inputs as swa_inputs
 from test_cpu_mla import CASES as MLA_CASES
 from test_cpu_mla import inputs as mla_inputs
+from torch._dynamo.utils import counters
 
 import fastllm.kernels as K
 from fastllm import engine
@@ -230,3 +231,24 @@ def test_compiled_bf16_swa_mla_step_calls_the_operators():
     names = {e.key for e in prof.key_averages()}
     want = {"fastllm_cpu::linear_packed", "fastllm_cpu::mla_decode", "fastllm_cpu::swa_decode"}
     assert want <= names and not any(n.startswith("fastllm::") for n in names), sorted(names)
+
+
+def test_compiled_step_skips_guards_only_where_they_held(monkeypatch):
+    """The compiled CPU step evaluates dynamo's guards on a decode loop's first two calls and skips them on the rest
+    (same cache, same inputs, no graph compiled by the previous call); a new batch size or cache recompiles through
+    the guards, and every call's tokens equal the eager step's."""
+    stances = []
+    real = torch.compiler.set_stance
+    monkeypatch.setattr(torch.compiler, "set_stance", lambda *a, **k: stances.append(k) or real(*a, **k))
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("gpt2", n_layer=2, d_model=64, n_head=4, vocab_size=97)).eval()
+    greedy = engine.SamplingParams(temperature=0)
+    for rows in ((3, 7), (5,), (2, 4, 6), (3, 7)):
+        prompts = [torch.randint(0, 97, (n,)).tolist() for n in rows]
+        eager, _ = engine.generate(model, prompts, 10, sampling=greedy)
+        stances.clear()
+        graphs = counters["stats"]["unique_graphs"]
+        compiled, _ = engine.generate(model, prompts, 10, sampling=greedy, compile=True)
+        assert compiled == eager
+        guarded = 2 if counters["stats"]["unique_graphs"] > graphs else 1  # the first call compiled, or its guards held
+        assert stances == [dict(skip_guard_eval_unsafe=True)] * (9 - guarded)  # 9 decode steps
