@@ -4,6 +4,10 @@ launcher and the same kernel) on odd shapes, strided inputs and every option; ba
 error (the operators hand every call they do not fully check to the `fastllm::` op); the calls they leave to torch;
 the thread count of `decode_threads`; the switch; the build cache; and the compiled decode step that calls them."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from test_cpu_attention import CASES as SWA_CASES
@@ -252,3 +256,30 @@ def test_compiled_step_skips_guards_only_where_they_held(monkeypatch):
         assert compiled == eager
         guarded = 2 if counters["stats"]["unique_graphs"] > graphs else 1  # the first call compiled, or its guards held
         assert stances == [dict(skip_guard_eval_unsafe=True)] * (9 - guarded)  # 9 decode steps
+
+
+SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1"
+
+
+def test_operators_under_asan_and_ubsan(tmp_path):
+    """The operators' own code (argument checks, fallbacks, kernel calls), built with ASan + UBSan into a cache of
+    its own, through this file's equality, error and thread tests in a child interpreter with the ASan runtime
+    preloaded (first, and libstdc++ with it, so its exception interceptor resolves): no report, every test passing.
+    (The kernels behind them run under the sanitizers in the C++ tests, CMakeLists.txt.)"""
+    if os.environ.get("FASTLLM_SANITIZED_CHILD"):
+        pytest.skip("inside the sanitized run")
+    cxx = native._compiler()
+    runtime = [subprocess.run([cxx, f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+               for lib in ("libasan.so", "libstdc++.so.6")]  # fmt: skip
+    if not all(os.path.isabs(p) for p in runtime):
+        pytest.skip(f"{cxx} has no ASan runtime")
+    env = dict(os.environ, LD_PRELOAD=" ".join(runtime), ASAN_OPTIONS=f"detect_leaks=0:log_path={tmp_path}/report")
+    env.update(FASTLLM_CACHE=str(tmp_path), FASTLLM_NATIVE_FLAGS=SANITIZE, FASTLLM_SANITIZED_CHILD="1")
+    tests = "equal or bad_input or window_zero or thread_count"
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-p", "no:cacheprovider", "-k", tests]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    reports = [p.read_text() for p in tmp_path.glob("report*")]
+    assert done.returncode == 0 and not reports, done.stdout[-3000:] + "".join(reports)[:3000]
+    assert " passed" in done.stdout and "deselected" in done.stdout
+    (built,) = tmp_path.rglob("fastllm_cpu_ops.so")
+    assert b"__asan_report" in built.read_bytes() and b"__ubsan_handle" in built.read_bytes()  # it was instrumented

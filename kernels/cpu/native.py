@@ -11,7 +11,8 @@ They are C++ against the installed torch's headers, built on first `load()` (abo
 cache (`$FASTLLM_CACHE`, default ~/.cache/fastllm) keyed by the sources, torch's version and the compiler; later
 loads take milliseconds. The sources come from the source tree (the README's editable install); where they, a C++
 compiler or the build are missing, `load()` warns once and returns False, and the `fastllm::` ops serve every call.
-`FASTLLM_NATIVE_OPS=0` turns them off. The engine loads them for its compiled CPU decode step.
+`FASTLLM_NATIVE_OPS=0` turns them off; `FASTLLM_NATIVE_FLAGS` adds compiler flags (a build of its own, as the
+sanitizer test's). The engine loads them for its compiled CPU decode step.
 """
 
 import ctypes
@@ -96,6 +97,7 @@ def _build() -> Path:
     cxx = _compiler()
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     flags = ["-O2", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
+    flags += os.environ.get("FASTLLM_NATIVE_FLAGS", "").split()
     flags += [f"-isystem{p}" for p in cpp_extension.include_paths()]
     libs = [f"-L{p}" for p in cpp_extension.library_paths()] + ["-lc10", "-ltorch_cpu", "-ltorch"]
     key = hashlib.sha256()
