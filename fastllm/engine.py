@@ -380,6 +380,10 @@ def generate(
     if compile:  # cache lengths in steps of 256: calls of similar lengths reuse the compiled step's shapes
         longest = -(-longest // 256) * 256
     cache = model.new_cache(len(rows), longest if ctx is None else min(ctx, longest), max_chunk=1)
+    if device.type == "cpu":  # fastllm's kernels as C++ torch operators, eager or compiled (built once, ~10 s)
+        from fastllm.kernels.cpu import native
+
+        native.load()
     step_fn = compiled_decode_step(model, compile) if compile else decode_one_token
     stats = GenerationStats(prompt_tokens=sum(r.numel() for r in ctx_rows))
 
