@@ -54,9 +54,9 @@ inline void attn_pv(const float* p, const T* v, const int64_t* off, int64_t n, i
 // Keys and values are rows of a few hundred bytes, read once per decode step from memory (the weights
 // streamed since the previous step have evicted them), in runs too short for the hardware prefetcher to
 // pay off. The kernel asks for rows kAttnPrefetch ahead of their use instead, so that many misses are in
-// flight at once (GPT-2's 12 heads of 30 keys after a layer's weights: 41 -> 23 us at batch 1, 148 ->
-// 122 us at batch 8).
-constexpr int64_t kAttnPrefetch = 24;
+// flight at once. GPT-2's 12 heads after a layer's weights, alternating runs: 30 keys, batch 1 ~41 ->
+// ~23 us, batch 8 ~150 -> ~120 us; 144 keys, batch 1 ~110 -> ~80 us (64 rows ahead; 24 gave ~110).
+constexpr int64_t kAttnPrefetch = 64;
 
 inline void attn_prefetch(const void* row, int64_t bytes) {
   const char* p = static_cast<const char*>(row);
