@@ -11,10 +11,8 @@
 namespace fastllm::cpu {
 namespace {
 
-// Below this many multiply-adds in all (scores and p * v) a call runs on the caller alone. Decode reads
-// its keys cold (latency-bound), so even small calls gain from a second thread: GPT-2's 12 heads, batch 1,
-// 80 keys after a layer's weights ~60 -> ~45 us with 2^14 instead of 2^17 (alternating runs).
-constexpr int64_t kMinWorkPerThread = 1 << 14;
+// Below this many multiply-adds in all (scores and p * v) a call runs on the caller alone.
+constexpr int64_t kMinWorkPerThread = 1 << 17;
 
 struct Items {
   const DecodeAttnArgs* args;
