@@ -4,7 +4,9 @@ Every op is a `torch.library` custom op (`torch.ops.fastllm.<name>`, see `_ops.p
 implementation, so `torch.compile(fullgraph=True)` traces models that call it. At run time each call picks its backend
 in one place, `_dispatch.backend_for` (the rule of DESIGN.md): the Triton kernel for CUDA tensors (or CPU tensors under
 `TRITON_INTERPRET=1`) when one is registered for the op, else the eager reference in `fastllm.kernels.reference`;
-`FASTLLM_KERNELS=reference|triton` forces a side and a forced side that cannot run raises.
+`FASTLLM_KERNELS=reference|triton` forces a side and a forced side that cannot run raises. CPU calls of the ops with a
+C++ kernel run it; where fastllm's C++ torch operators are loaded (`fastllm.kernels.cpu.native`, which `generate` does
+on the CPU) they call `torch.ops.fastllm_cpu.<name>` instead, the same kernel without Python in between.
 
 Layouts follow flash-attn: q (B, T, H, D), k and v (B, S, Hkv, D) with H % Hkv == 0 (MHA, GQA, MQA); query head h
 reads kv head h // (H // Hkv). fp32, fp16 and bf16 inputs; fp32 accumulation; outputs in the input dtype.
