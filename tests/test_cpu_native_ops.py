@@ -179,7 +179,9 @@ def test_switch_and_dispatch(monkeypatch):
 
 def test_build_is_cached_and_failures_are_reported(monkeypatch, tmp_path):
     first = native._build()
-    assert native._build() == first  # the cache: no second compile
+    with pytest.MonkeyPatch.context() as m:  # the cache: the second build compiles nothing
+        m.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+        assert native._build() == first
     monkeypatch.setenv("FASTLLM_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a compiler that fails
     with pytest.raises(RuntimeError, match="failed"):
@@ -188,6 +190,16 @@ def test_build_is_cached_and_failures_are_reported(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "SOURCES", (tmp_path / "missing.cpp",))
     with pytest.raises(RuntimeError, match="sources not found"):
         native._build()
+
+
+def ops_in_compiled_step(model, prompts) -> set[str]:
+    """The names the profiler records for one call of the model's compiled decode step after prefilling prompts."""
+    step = engine.compiled_decode_step(model, True)
+    cache = model.new_cache(len(prompts), 32, max_chunk=1)
+    engine.prefill(model, [torch.tensor(p) for p in prompts], cache)
+    with torch.no_grad(), torch.profiler.profile() as prof:  # as the engine calls it
+        step(model, torch.arange(1, len(prompts) + 1), cache)
+    return {e.key for e in prof.key_averages()}
 
 
 def test_compiled_int8_step_calls_the_operators():
@@ -203,12 +215,7 @@ def test_compiled_int8_step_calls_the_operators():
         eager, _ = engine.generate(model, prompts, 10, sampling=greedy)
     compiled, _ = engine.generate(model, prompts, 10, sampling=greedy, compile=True)
     assert compiled == eager
-    step = engine.compiled_decode_step(model, True)
-    cache = model.new_cache(2, 32, max_chunk=1)
-    engine.prefill(model, [torch.tensor(p) for p in prompts], cache)
-    with torch.no_grad(), torch.profiler.profile() as prof:  # as the engine calls it
-        step(model, torch.tensor([1, 2]), cache)
-    names = {e.key for e in prof.key_averages()}
+    names = ops_in_compiled_step(model, prompts)
     assert {"fastllm_cpu::int8_linear", "fastllm_cpu::swa_decode"} <= names, sorted(names)
     assert not any(n.startswith("fastllm::") for n in names)
 
@@ -227,12 +234,7 @@ def test_compiled_bf16_swa_mla_step_calls_the_operators():
     eager, _ = engine.generate(model, prompts, 8, sampling=greedy)
     compiled, _ = engine.generate(model, prompts, 8, sampling=greedy, compile=True)
     assert compiled == eager
-    step = engine.compiled_decode_step(model, True)
-    cache = model.new_cache(2, 32, max_chunk=1)
-    engine.prefill(model, [torch.tensor(p) for p in prompts], cache)
-    with torch.no_grad(), torch.profiler.profile() as prof:  # as the engine calls it
-        step(model, torch.tensor([1, 2]), cache)
-    names = {e.key for e in prof.key_averages()}
+    names = ops_in_compiled_step(model, prompts)
     want = {"fastllm_cpu::linear_packed", "fastllm_cpu::mla_decode", "fastllm_cpu::swa_decode"}
     assert want <= names and not any(n.startswith("fastllm::") for n in names), sorted(names)
 
