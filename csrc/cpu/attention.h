@@ -1,5 +1,5 @@
 // Decode attention on the CPU: Tq new queries per row against a ring-buffer KV cache, the layout and
-// semantics of fastllm.kernels.swa_decode (kernels/__init__.py; kernels/reference/attention.py is the
+// semantics of fastllm.kernels.swa_decode (kernels/_attention.py; kernels/reference/attention.py is the
 // oracle). Position s < sinks lives in slot s, a later s in slot sinks + (s - sinks) % (C - sinks).
 // Query t of row b sits at position L_b - Tq + t (L_b = seqlens[b], the new tokens already cached) and
 // attends to the positions s <= its own with qpos - s < window (every one when window <= 0) and to the

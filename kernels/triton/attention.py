@@ -42,6 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastllm.kernels._checks import _last_dim_contiguous
 from fastllm.kernels._dispatch import interpret_mode, register_triton
 from fastllm.kernels.triton._aot import AOTConfig
 
@@ -555,10 +556,6 @@ class _Problem(NamedTuple):
 def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
-
-
-def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
-    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
 
 
 def _row_extent_fits_int32(x: torch.Tensor) -> bool:
