@@ -10,10 +10,10 @@ Providers: "torch" (F.linear with fp32 or bf16 weights: MKL / oneDNN), "fastllm"
 the C++ GEMV the model layer uses for M <= 8), "fastllm-packed" (`fastllm::linear_packed`: the same kernel on the
 weight packed in 8-row tiles by `fastllm.kernels.pack_weight`, what the compiled bf16 decode step runs),
 "fastllm-int8" (`fastllm.kernels.int8_linear`, packed int8 weight-only, per-row scales), "fastllm-w8a8" (the same
-weights, activations quantized per row: integer dot products on AVX-512 VNNI; checked to the bit against its
-reference, `int8_linear_w8a8`), "torch-int8" (`torch._weight_int8pack_mm`, the CPU int8 weight-only kernel
-torchao's int8_weight_only uses). Shapes: GPT-2 124M's
-four layer matmuls and its LM head, Llama-3.2-1B's MLP up projection.
+codes in the VNNI layout, activations quantized per row: integer dot products on AVX-512 VNNI, what
+`quantize(model, "w8a8")` runs; checked to the bit against its reference, `int8_linear_w8a8`), "torch-int8"
+(`torch._weight_int8pack_mm`, the CPU int8 weight-only kernel torchao's int8_weight_only uses). Shapes: GPT-2
+124M's four layer matmuls and its LM head, Llama-3.2-1B's MLP up projection.
 
 Run with `pytest benches/bench_linear.py --benchmark`.
 """
@@ -51,7 +51,7 @@ def weights(N: int, Kd: int) -> dict:
     """The float weight (N, K) ~ N(0, 1/K), its int8 codes and scales, packed, and torch's int8 form."""
     w = torch.randn(N, Kd, generator=torch.Generator().manual_seed(N + Kd)) * Kd**-0.5
     codes, scale = K.quantize_int8(w)
-    return dict(w=w, codes=codes, scale=scale, packed=K.pack_int8(codes))
+    return dict(w=w, codes=codes, scale=scale, packed=K.pack_int8(codes), vnni=K.pack_int8(codes, layout="vnni"))
 
 
 def provider_call(provider: str, N: int, Kd: int, dtype: torch.dtype):
@@ -67,8 +67,8 @@ def provider_call(provider: str, N: int, Kd: int, dtype: torch.dtype):
         return (lambda x: torch.ops.fastllm.linear_packed(x, packed, None, N)), w.double(), w.numel() * w.element_size()
     w64 = ws["codes"].double() * ws["scale"].double()[:, None]
     if provider in ("fastllm-int8", "fastllm-w8a8"):
-        packed, scale = ws["packed"], ws["scale"]
         act = "int8" if provider == "fastllm-w8a8" else "float"
+        packed, scale = ws["vnni" if act == "int8" else "packed"], ws["scale"]
         return (lambda x: K.int8_linear(x, packed, scale, activations=act)), w64, packed.numel() + 4 * N
     if not hasattr(torch, "_weight_int8pack_mm"):
         pytest.skip("this torch has no _weight_int8pack_mm")

@@ -8,10 +8,10 @@ step streams a quarter of the fp32 weight bytes, dequantized in registers, accum
 up-projection `wkv_b`, absorbed into the queries; listed by a module's `keep_float`) stay as they are. A tied
 LM head gets its own int8 copy; the embedding it was tied to stays float.
 
-"w8a8" stores the same weights and also quantizes each activation row to int8 on the fly (per row, symmetric), so
-that the dot products run in integers (`fastllm.kernels.int8_linear(..., activations="int8")`: AVX-512 VNNI on the
-CPU, what CTranslate2's int8 does); it pays off at batch > 1, where the weight-only kernel's fp32 multiply-adds
-bound the step.
+"w8a8" stores the same codes, in the kernel's VNNI layout (`pack_int8(..., layout="vnni")`), and also quantizes
+each activation row to int8 on the fly (per row, symmetric), so that the dot products run in integers
+(`fastllm.kernels.int8_linear(..., activations="int8")`: AVX-512 VNNI on the CPU, what CTranslate2's int8 does); it
+pays off at batch > 1, where the weight-only kernel's fp32 multiply-adds bound the step.
 
 The accuracy cost is measured as the perplexity change on real text (benches/bench_generate.py,
 tests/test_cpu_kernels.py). Inference only: an Int8Linear has no gradient.
@@ -29,8 +29,9 @@ MODES = ("int8", "w8a8")  # weight-only; weights and activations
 
 
 class Int8Linear(nn.Module):
-    """y = x @ (codes * scale[:, None])^T + bias; buffers `packed` (int8, the kernel's layout), `scale` (N,) fp32,
-    `bias` (N,) or None. activations="int8": x quantized per row too (W8A8)."""
+    """y = x @ (codes * scale[:, None])^T + bias; buffers `packed` (the codes in a `pack_int8` layout: "tiles" for
+    weight-only layers, "vnni" for W8A8 ones by `from_linear`), `scale` (N,) fp32, `bias` (N,) or None.
+    activations="int8": x quantized per row too (W8A8)."""
 
     def __init__(self, in_features: int, out_features: int, packed, scale, bias=None, activations: str = "float"):
         super().__init__()
@@ -46,7 +47,8 @@ class Int8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear, activations: str = "float") -> Int8Linear:
         codes, scale = K.quantize_int8(linear.weight)  # (N, K) int8, (N,) fp32
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(linear.in_features, linear.out_features, K.pack_int8(codes), scale, bias, activations)
+        packed = K.pack_int8(codes, layout="vnni" if activations == "int8" else "tiles")
+        return cls(linear.in_features, linear.out_features, packed, scale, bias, activations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

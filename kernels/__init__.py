@@ -25,7 +25,7 @@ from fastllm.kernels.reference.glu import ACTIVATIONS, glu_expr, split_packed
 from fastllm.kernels.reference.linear import dequantize_int8 as dequantize_int8
 from fastllm.kernels.reference.linear import pack_int8 as pack_int8
 from fastllm.kernels.reference.linear import pack_weight as pack_weight
-from fastllm.kernels.reference.linear import packed_shape
+from fastllm.kernels.reference.linear import packed_layout, packed_shape
 from fastllm.kernels.reference.linear import quantize_int8 as quantize_int8
 from fastllm.kernels.reference.sampling import check_flag as check_sample_flag
 from fastllm.kernels.reference.sampling import per_row, seeds_for
@@ -117,9 +117,11 @@ def int8_linear(x, packed, scale, bias=None, *, activations="float"):
 
     Args:
         x: (..., K) float (fp32 or bf16 for the CPU kernel; any float elsewhere).
-        packed: the codes (N, K) int8 of `quantize_int8`, in the layout of `pack_int8`:
-            (ceil(N / 8), ceil(K / 64), 8, 64) int8. The layout fixes K only up to its zero padding: an x with a K
-            of the same padded width reads padding zeros (Int8Linear checks K exactly).
+        packed: the codes (N, K) int8 of `quantize_int8`, packed by `pack_int8`: (ceil(N / 8), ceil(K / 64), 8, 64)
+            int8 (layout "tiles"), or (ceil(N / 16), ceil(K / 4), 16, 4) uint8 (layout "vnni", codes + 128: what
+            the W8A8 kernel reads fastest; float activations then take the reference path). The layout fixes K
+            only up to its zero padding: an x with a K of the same padded width reads padding zeros (Int8Linear
+            checks K exactly).
         scale: (N,) float32, one per output row.
         bias: (N,) in x's dtype, or None.
 
@@ -141,10 +143,12 @@ def int8_linear(x, packed, scale, bias=None, *, activations="float"):
         f"int8_linear: scale must be (N,) float32, got {tuple(scale.shape)} {scale.dtype}",
     )
     N, K = scale.shape[0], x.shape[-1]
+    layout = packed_layout(packed)
     _require(
-        packed.dtype == torch.int8 and tuple(packed.shape) == packed_shape(N, K),
-        f"int8_linear: packed must be {packed_shape(N, K)} int8 for N={N} (from scale) and K={K} (from x), got "
-        f"{tuple(packed.shape)} {packed.dtype}",
+        packed.dtype in (torch.int8, torch.uint8) and tuple(packed.shape) == packed_shape(N, K, layout),
+        f"int8_linear: packed must be {packed_shape(N, K)} int8 (pack_int8) or {packed_shape(N, K, 'vnni')} uint8 "
+        f"(pack_int8(..., layout='vnni')) for N={N} (from scale) and K={K} (from x), got {tuple(packed.shape)} "
+        f"{packed.dtype}",
     )
     _require(
         packed.device == x.device == scale.device,

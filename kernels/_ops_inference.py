@@ -181,6 +181,7 @@ def _packed_linear_op(name: str, reference: Callable, quantize_x: bool):
         if (
             x.numel() <= _cpu.MAX_M_PACKED * x.shape[-1]
             and x.dtype in _cpu.X_DTYPES
+            and (quantize_x or packed.dtype != torch.uint8)  # the "vnni" layout is W8A8's only
             and _dispatch.use_cpu_kernel(name, x.device)
         ):
             return _cpu.linear_int8_packed(x, packed, scale, bias, quantize_x)

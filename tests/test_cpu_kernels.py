@@ -84,15 +84,16 @@ def test_int8_packed_matches_fp64(isa, dtype, N, Kd):
 @pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("N,Kd", SHAPES)
-def test_w8a8_matches_reference_to_the_bit(isa, dtype, N, Kd):
-    """W8A8 (activations quantized per row): the kernel (VNNI or portable) and the reference compute the same
-    integer dot products and the same fp32 epilogue, so they agree to the bit; the reference itself against the
-    formula in fp64."""
+@pytest.mark.parametrize("layout", ["tiles", "vnni"])
+def test_w8a8_matches_reference_to_the_bit(isa, dtype, N, Kd, layout):
+    """W8A8 (activations quantized per row): the kernel (VNNI or portable, either weight layout) and the reference
+    compute the same integer dot products and the same fp32 epilogue, so they agree to the bit; the reference
+    itself against the formula in fp64."""
     from fastllm.kernels.reference.linear import int8_linear_w8a8, quantize_rows_int8
 
     torch.manual_seed(N * Kd)
     codes, scale = K.quantize_int8(torch.randn(N, Kd))
-    packed = K.pack_int8(codes)
+    packed = K.pack_int8(codes, layout=layout)
     b = torch.randn(N).to(dtype)
     for M in ROWS + [16]:
         x = torch.randn(2, M, Kd).to(dtype)[1]
@@ -124,6 +125,14 @@ def test_quantize_and_pack_roundtrip():
     assert torch.equal(cpu_unpack(packed, 45, 70), codes)
     assert int(packed.ne(0).sum()) == int(codes.ne(0).sum())  # the padding is zeros
     assert torch.allclose(K.dequantize_int8(packed, scale, 70), codes.float() * scale[:, None])
+    vnni = K.pack_int8(codes, layout="vnni")  # codes + 128 as uint8, 16 rows x 4 columns per 64-byte group
+    assert vnni.shape == (3, 18, 16, 4) and vnni.dtype == torch.uint8
+    assert int(vnni[1, 2, 3, 1]) == int(codes[16 + 3, 2 * 4 + 1]) + 128
+    assert torch.equal(cpu_unpack(vnni, 45, 70), codes)
+    assert int(vnni.ne(128).sum()) == int(codes.ne(0).sum())  # the padding is zero codes
+    assert torch.equal(K.dequantize_int8(vnni, scale, 70), K.dequantize_int8(packed, scale, 70))
+    with pytest.raises(ValueError, match="layout must be one of"):
+        K.pack_int8(codes, layout="nk")
 
 
 def cpu_unpack(packed, N, Kd):
@@ -150,20 +159,23 @@ def test_public_int8_linear_dispatch(cpu_kernels, monkeypatch):
     assert (K.int8_linear(x, packed, scale, bias).double() - want).abs().max() < 1e-4
 
 
-def test_public_w8a8_dispatch(cpu_kernels, monkeypatch):
+@pytest.mark.parametrize("layout", ["tiles", "vnni"])
+def test_public_w8a8_dispatch(cpu_kernels, monkeypatch, layout):
     """K.int8_linear(activations="int8"): the kernel at decode sizes, torch's int8 matmul beyond and under
-    FASTLLM_KERNELS=reference: the same bits everywhere; close to the float product (activation rounding only)."""
+    FASTLLM_KERNELS=reference: the same bits everywhere, with either layout; close to the float product (activation
+    rounding only). Weight-only calls with the VNNI layout take the reference: the weight-only kernel's bits."""
     torch.manual_seed(2)
     codes, scale = K.quantize_int8(torch.randn(50, 96))
-    packed = K.pack_int8(codes)
+    packed = K.pack_int8(codes, layout=layout)
     bias = torch.randn(50)
     x = torch.randn(100, 96)
-    want = K.int8_linear(x, packed, scale, bias, activations="int8")  # prefill size: the reference
-    for M in (1, 7, cpu.MAX_M_PACKED):
+    want = K.int8_linear(x, K.pack_int8(codes), scale, bias, activations="int8")  # prefill size: the reference
+    for M in (1, 7, cpu.MAX_M_PACKED, 100):
         assert torch.equal(K.int8_linear(x[:M], packed, scale, bias, activations="int8"), want[:M])
+    weight_only = K.int8_linear(x, packed, scale, bias)
+    assert torch.equal(weight_only, K.int8_linear(x, K.pack_int8(codes), scale, bias))
     monkeypatch.setenv("FASTLLM_KERNELS", "reference")
     assert torch.equal(K.int8_linear(x[:3], packed, scale, bias, activations="int8"), want[:3])
-    weight_only = K.int8_linear(x, packed, scale, bias)
     assert (want - weight_only).abs().max() <= 0.02 * weight_only.abs().max()
     with pytest.raises(ValueError, match="activations must be"):
         K.int8_linear(x, packed, scale, bias, activations="int4")
@@ -185,6 +197,13 @@ def test_bad_input_is_refused_with_a_clear_error():
         K.int8_linear(x.long(), packed, scale)
     with pytest.raises(ValueError, match="packed weight for"):
         cpu.linear_int8_packed(x, packed[:2], scale, None)
+    vnni = K.pack_int8(codes, layout="vnni")
+    with pytest.raises(ValueError, match=r"packed must be .* or \(2, 8, 16, 4\) uint8"):
+        K.int8_linear(x, vnni[:, :7], scale, activations="int8")
+    with pytest.raises(ValueError, match=r"packed weight for \(20, 30\) must be \(3, 1, 8, 64\) int8 on"):
+        cpu.linear_int8_packed(x, vnni, scale, None)  # the weight-only kernel reads the tiles layout only
+    with pytest.raises(ValueError, match="packed weight for"):
+        cpu.linear_int8_packed(x, vnni.view(torch.int8), scale, None, quantize_x=True)
     with pytest.raises(ValueError, match="x must be a float32 or bfloat16"):
         cpu.linear_int8_packed(x.half(), packed, scale, None)
     with pytest.raises(ValueError, match="weight must be"):

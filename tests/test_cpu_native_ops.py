@@ -56,12 +56,14 @@ def test_linears_equal_the_python_ops(dtype, bias):
     for i, (M, N, K_) in enumerate(LINEAR_SHAPES):  # M = 20 is past both kernels' row limits: torch serves it
         x, w, b = linear_args(M, N, K_, dtype, i, bias)
         codes, scale = K.quantize_int8(w.float())
-        packed = K.pack_int8(codes)
+        packed, vnni = K.pack_int8(codes), K.pack_int8(codes, layout="vnni")
         for name, args in [
             ("linear", (x, w, b)),
             ("linear_packed", (x, pack_weight(w), b, N)),
             ("int8_linear", (x, packed, scale, b)),
             ("w8a8_linear", (x, packed, scale, b)),
+            ("w8a8_linear", (x, vnni, scale, b)),
+            ("int8_linear", (x, vnni, scale, b)),  # weight-only with the VNNI layout: the reference serves it
         ]:
             got, want = both(name, *args)
             assert same(got, want), (name, M, N, K_)
@@ -112,6 +114,8 @@ def test_bad_input_raises_the_launchers_errors():
         ("int8_linear", (x, packed, scale.double(), b)),
         ("int8_linear", (x, packed, scale, b[:3])),
         ("w8a8_linear", (x[:, :200], packed, scale, None)),
+        ("w8a8_linear", (x[:, :200], K.pack_int8(codes, layout="vnni"), scale, None)),
+        ("w8a8_linear", (x, K.pack_int8(codes, layout="vnni")[:, :-1], scale, None)),
         ("linear_packed", (x, pack_weight(w).double(), None, 70)),
         ("linear_packed", (x, pack_weight(w), None, 80)),
         ("swa_decode", (q, k.double(), v, L, window, sc, sinks, None, None)),

@@ -113,6 +113,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("set_threads", &fastllm::cpu::set_threads, "the thread count the torch operators use (0: torch's)");
   m.attr("PACK_ROWS") = fastllm::cpu::kPackRows;
   m.attr("PACK_COLS") = fastllm::cpu::kPackCols;
+  m.attr("VNNI_ROWS") = fastllm::cpu::kVnniRows;
+  m.attr("VNNI_COLS") = fastllm::cpu::kVnniCols;
   m.def("isa", &fastllm::cpu::isa, "the instruction set the kernels run with");
   m.def(
       "force_isa", [](const std::string& name) { return fastllm::cpu::force_isa(name.c_str()); },

@@ -1,7 +1,9 @@
-// The W8A8 linear kernel (linear_a8.h) for AVX-512 VNNI: one vpdpbusd multiplies 64 activation bytes by
-// 64 weight bytes into 16 int32 sums, so a block of the packed layout (8 weight rows of 64 columns) is 8
-// loads and 8 instructions per activation row, with no conversion (the float kernel widens every weight
-// to fp32 first). Only this file's functions carry the ISA; linear.cpp calls them only on CPUs that have
+// The W8A8 linear kernels (linear_a8.h) for AVX-512 VNNI: one vpdpbusd multiplies 64 activation bytes by
+// 64 weight bytes into 16 int32 sums, with no conversion (the float kernel widens every weight to fp32
+// first). Tiled weights: a block (8 weight rows of 64 columns) is 8 loads and 8 instructions per
+// activation row, and each row's 16 partial sums are added horizontally at the end. VNNI-layout weights:
+// a vector holds 4 columns of 16 weight rows, multiplied by 4 activation codes broadcast, so the 16 lanes
+// are 16 outputs. Only this file's functions carry the ISA; linear.cpp calls them only on CPUs that have
 // it.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC bug 105593, as in isa_avx512.cpp
@@ -85,6 +87,101 @@ inline void rows(const Job& j, int64_t t0, int64_t t1) {
   }
 }
 
+// ---- VNNI-layout weights (linear.h: kVnniRows x kVnniCols blocks, codes + 128) ----
+
+constexpr int kRows = kVnniRows;
+
+// Row m's outputs n .. n + rows - 1 (rows <= 16) from the 16 sums of (w + 128) q in acc, the operations of
+// store_vnni (linear_a8.cpp) in vector form: the same fp32 multiplies and add, so the same bits.
+inline void store(const Job& j, int64_t m, int64_t n, int rows, __m512i acc) {
+  const __mmask16 k = rows >= kRows ? __mmask16(0xffff) : __mmask16((1u << rows) - 1);
+  const __m512i dot = _mm512_sub_epi32(acc, _mm512_set1_epi32(kA8Offset * j.xsum[m]));
+  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(j.sx[m]));
+  v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, j.scale + n));
+  const bool f32 = j.y_dtype == DType::f32;
+  if (j.bias != nullptr) {
+    const __m512 b = f32 ? _mm512_maskz_loadu_ps(k, static_cast<const float*>(j.bias) + n)
+                         : _mm512_castsi512_ps(_mm512_slli_epi32(
+                               _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(j.bias) + n)), 16));
+    v = _mm512_add_ps(v, b);
+  }
+  if (f32) return _mm512_mask_storeu_ps(static_cast<float*>(j.y) + m * j.ldy + n, k, v);
+  // bf16, rounded to nearest even; a NaN keeps its sign and top payload bits, made quiet (bf16.h's to_bf16).
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i even = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), even)), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(j.y) + m * j.ldy + n, k, _mm512_cvtepi32_epi16(r));
+}
+
+// Activation rows [m0, m0 + B) against T consecutive tiles from tile t: B * T accumulators of 16 outputs
+// and T weight registers; per 4 columns, T vector loads, B broadcasts and B * T vpdpbusd.
+template <int B, int T>
+inline void vnni_tiles(const Job& j, int64_t m0, int64_t t) {
+  const int64_t groups = j.K / kVnniCols, stride = int64_t{kRows} * j.K;
+  const uint8_t* w = static_cast<const uint8_t*>(j.w) + t * stride;
+  const int8_t* x = reinterpret_cast<const int8_t*>(j.xq) + m0 * j.K;
+  __m512i acc[B][T];
+  UNROLL for (int b = 0; b < B; ++b) UNROLL for (int i = 0; i < T; ++i) acc[b][i] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i wv[T];
+    UNROLL for (int i = 0; i < T; ++i) wv[i] = _mm512_loadu_si512(w + i * stride + g * 64);
+    UNROLL for (int b = 0; b < B; ++b) {
+      int32_t four;
+      __builtin_memcpy(&four, x + b * j.K + g * kVnniCols, 4);
+      const __m512i xb = _mm512_set1_epi32(four);
+      UNROLL for (int i = 0; i < T; ++i) acc[b][i] = _mm512_dpbusd_epi32(acc[b][i], wv[i], xb);
+    }
+  }
+  // Through memory: with the epilogue reading the registers, GCC kept every accumulator on the stack inside
+  // the loop above (a store per vpdpbusd, objdump).
+  alignas(64) int32_t sums[B][T][kRows];
+  UNROLL for (int b = 0; b < B; ++b) UNROLL for (int i = 0; i < T; ++i) _mm512_store_si512(sums[b][i], acc[b][i]);
+  for (int i = 0; i < T; ++i) {
+    const int64_t n = (t + i) * kRows;
+    const int rows = static_cast<int>(j.N - n < kRows ? j.N - n : kRows);
+    for (int b = 0; b < B; ++b) store(j, m0 + b, n, rows, _mm512_load_si512(sums[b][i]));
+  }
+}
+
+// Tiles per pass: B * T accumulators + T weight registers + one broadcast within the 32 registers.
+template <int B>
+constexpr int tiles_for() {
+  return B <= 4 ? 4 : 3;
+}
+
+template <int B>
+inline void vnni_group(const Job& j, int64_t m0, int64_t t, int64_t tiles) {
+  constexpr int T = tiles_for<B>();
+  for (; t + T <= tiles; t += T) vnni_tiles<B, T>(j, m0, t);
+  const int64_t left = tiles - t;
+  if (left == 3) vnni_tiles<B, 3>(j, m0, t);
+  else if (left == 2) vnni_tiles<B, 2>(j, m0, t);
+  else if (left == 1) vnni_tiles<B, 1>(j, m0, t);
+}
+
+inline void vnni_rows(const Job& j, int64_t t0, int64_t t1) {
+  // Blocks of tiles small enough to stay in L2 while every group of 8 activation rows passes over them.
+  constexpr int64_t kBlock = 12;
+  for (int64_t tb = t0; tb < t1; tb += kBlock) {
+    const int64_t te = tb + kBlock < t1 ? tb + kBlock : t1;
+    for (int64_t m0 = 0; m0 < j.M; m0 += 8) {
+      switch (j.M - m0 < 8 ? j.M - m0 : 8) {
+        case 1: vnni_group<1>(j, m0, tb, te); break;
+        case 2: vnni_group<2>(j, m0, tb, te); break;
+        case 3: vnni_group<3>(j, m0, tb, te); break;
+        case 4: vnni_group<4>(j, m0, tb, te); break;
+        case 5: vnni_group<5>(j, m0, tb, te); break;
+        case 6: vnni_group<6>(j, m0, tb, te); break;
+        case 7: vnni_group<7>(j, m0, tb, te); break;
+        default: vnni_group<8>(j, m0, tb, te); break;
+      }
+    }
+  }
+}
+
 }  // namespace fastllm::cpu::vnni
 
 #if defined(__clang__)
@@ -94,6 +191,9 @@ inline void rows(const Job& j, int64_t t0, int64_t t1) {
 #endif
 
 void fastllm::cpu::rows_a8_vnni(const Job& job, int64_t t0, int64_t t1) { vnni::rows(job, t0, t1); }
+void fastllm::cpu::rows_vnni_vnni(const Job& job, int64_t t0, int64_t t1) { vnni::vnni_rows(job, t0, t1); }
 #else
-void fastllm::cpu::rows_a8_vnni(const Job&, int64_t, int64_t) {}  // never called: no VNNI on this target
+// Never called: no VNNI on this target.
+void fastllm::cpu::rows_a8_vnni(const Job&, int64_t, int64_t) {}
+void fastllm::cpu::rows_vnni_vnni(const Job&, int64_t, int64_t) {}
 #endif

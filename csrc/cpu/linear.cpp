@@ -56,13 +56,14 @@ int best_isa() {
 
 std::atomic<int> current_isa{best_isa()};
 
-// The W8A8 kernel: VNNI with the AVX-512 copies on CPUs that have it, else the portable one.
-RowsFn a8_rows() {
+// The W8A8 kernels (tiled or VNNI-layout weights): VNNI with the AVX-512 copies on CPUs that have it,
+// else the portable ones.
+RowsFn a8_rows(bool vnni_layout) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   static const bool vnni = __builtin_cpu_supports("avx512vnni");
-  if (vnni && std::strcmp(isa(), "avx512") == 0) return rows_a8_vnni;
+  if (vnni && std::strcmp(isa(), "avx512") == 0) return vnni_layout ? rows_vnni_vnni : rows_a8_vnni;
 #endif
-  return rows_a8_generic;
+  return vnni_layout ? rows_vnni_generic : rows_a8_generic;
 }
 
 // Below this many weight elements per thread a call runs on the caller alone: handing out the work
@@ -141,15 +142,22 @@ const Api* api() {
 void linear(const LinearArgs& a, int threads) {
   if (a.M <= 0 || a.N <= 0) return;
   const bool packed = a.w_packed;
-  const bool a8 = packed && a.w_dtype == DType::i8 && a.quantize_x;
-  const int64_t K = packed ? (a.K + kPackCols - 1) / kPackCols * kPackCols : a.K;
-  // W8A8: the activations as int8 codes (+ 128) and a scale per row.
+  const bool vnni = a.w_dtype == DType::u8;  // the VNNI layout: W8A8 only (the callers check)
+  const bool a8 = packed && (a.w_dtype == DType::i8 || vnni) && a.quantize_x;
+  if (vnni && !a8) return;
+  const int64_t cols = vnni ? kVnniCols : packed ? kPackCols : 1;
+  const int64_t K = (a.K + cols - 1) / cols * cols;
+  // W8A8: the activations as int8 codes (+ 128 against tiled weights), a scale per row, and for VNNI-layout
+  // weights each row's sum of codes.
   std::vector<uint8_t> xq;
   std::vector<float> sx;
+  std::vector<int32_t> xsum;
   if (a8) {
     xq.resize(static_cast<size_t>(a.M * K));
     sx.resize(static_cast<size_t>(a.M));
-    quantize_rows(a.x, a.x_dtype, a.M, a.K, a.ldx, K, xq.data(), sx.data());
+    if (vnni) xsum.resize(static_cast<size_t>(a.M));
+    quantize_rows(a.x, a.x_dtype, a.M, a.K, a.ldx, K, vnni ? 0 : kA8Offset, xq.data(), sx.data(),
+                  vnni ? xsum.data() : nullptr);
   }
   // Otherwise the activations as fp32 (M, K) contiguous, zero-padded to the packed width.
   std::vector<float> widened;
@@ -171,10 +179,12 @@ void linear(const LinearArgs& a, int threads) {
   if (a8) {
     job.xq = xq.data();
     job.sx = sx.data();
+    job.xsum = vnni ? xsum.data() : nullptr;
   }
-  const RowsFn rows = a8 ? a8_rows() : isa_table(current_isa.load()).rows;
-  // Work items: rows, or tiles of kPackRows rows when packed.
-  const int64_t items = packed ? (a.N + kPackRows - 1) / kPackRows : a.N;
+  const RowsFn rows = a8 ? a8_rows(vnni) : isa_table(current_isa.load()).rows;
+  // Work items: rows, or tiles of kPackRows (kVnniRows) rows when packed.
+  const int64_t tile = vnni ? kVnniRows : kPackRows;
+  const int64_t items = packed ? (a.N + tile - 1) / tile : a.N;
   const int64_t work_threads =
       std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(1, a.N * a.K / kMinWeightsPerThread));
   if (work_threads <= 1) return rows(job, 0, items);

@@ -16,7 +16,8 @@
 
 namespace fastllm::cpu {
 
-enum class DType : int { f32 = 0, bf16 = 1, i8 = 2 };
+// u8: W8A8 weights in the VNNI layout below (only with w_packed and quantize_x).
+enum class DType : int { f32 = 0, bf16 = 1, i8 = 2, u8 = 3 };
 
 // Packed weights (int8 codes, bf16 or fp32): the (N, K) values padded with zeros to Np = ceil(N / 8) * 8 rows and
 // Kp = ceil(K / 64) * 64 columns, stored as blocks [Np / 8][Kp / 64][8 rows][64 columns]: row n,
@@ -24,6 +25,14 @@ enum class DType : int { f32 = 0, bf16 = 1, i8 = 2 };
 // one contiguous run of memory.
 constexpr int kPackRows = 8;
 constexpr int kPackCols = 64;
+
+// The VNNI layout of W8A8 weights (linear_a8.h): codes + 128 as uint8, zero codes (128) padding the (N, K) codes
+// to Np = ceil(N / 16) * 16 rows and Kp = ceil(K / 4) * 4 columns, stored as [Np / 16][Kp / 4][16 rows][4
+// columns]: row n, column k is at ((n / 16) * (Kp / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4. One 64-byte
+// vector then holds 4 columns of 16 rows, the operand of one vpdpbusd against 4 activation bytes broadcast:
+// 16 outputs accumulate in the 16 lanes, with no horizontal sums.
+constexpr int kVnniRows = 16;
+constexpr int kVnniCols = 4;
 
 // Shapes and pointers of one call. Strides are in elements; the last dimension of every operand is
 // contiguous.
@@ -39,8 +48,9 @@ struct LinearArgs {
   const void* bias = nullptr;    // (N,) in x_dtype, or null
   void* y = nullptr;             // (M, N) in x_dtype, row stride ldy
   int64_t ldy = 0;
-  // Packed i8 only: quantize each activation row to int8 too (W8A8, csrc/cpu/linear_a8.h): the dot
-  // products then run on integers (AVX-512 VNNI where the CPU has it), exact in int32.
+  // Packed i8 or u8 (the VNNI layout) only: quantize each activation row to int8 too (W8A8,
+  // csrc/cpu/linear_a8.h): the dot products then run on integers (AVX-512 VNNI where the CPU has it), exact in
+  // int32.
   bool quantize_x = false;
 };
 

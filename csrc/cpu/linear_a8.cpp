@@ -16,7 +16,7 @@ float load(const void* x, DType dtype, int64_t i) {
 // trick, exact for |v| <= 127 in the default rounding mode (the operands are clamped first, which
 // commutes with rounding at the +-127 bounds).
 template <class T>
-void quantize_row(const T* x, int64_t K, int64_t Kp, uint8_t* q, float* sx) {
+void quantize_row(const T* x, int64_t K, int64_t Kp, int32_t offset, uint8_t* q, float* sx, int32_t* xsum) {
   float amax = 0.0f;
   uint32_t finite = 1;
   for (int64_t k = 0; k < K; ++k) {
@@ -26,28 +26,34 @@ void quantize_row(const T* x, int64_t K, int64_t Kp, uint8_t* q, float* sx) {
   }
   const float s = finite ? amax / 127.0f : NAN;
   *sx = s;
+  if (xsum != nullptr) *xsum = 0;
   if (!(s > 0.0f)) {  // zeros, or a row with NaN / inf
-    for (int64_t k = 0; k < Kp; ++k) q[k] = static_cast<uint8_t>(kA8Offset);
+    for (int64_t k = 0; k < Kp; ++k) q[k] = static_cast<uint8_t>(offset);
     return;
   }
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  int32_t sum = 0;
   for (int64_t k = 0; k < K; ++k) {
     float v = widen(x[k]) / s;
     v = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
-    const float r = (v + kRound) - kRound;
-    q[k] = static_cast<uint8_t>(static_cast<int32_t>(r) + kA8Offset);
+    const int32_t r = static_cast<int32_t>((v + kRound) - kRound);
+    sum += r;
+    q[k] = static_cast<uint8_t>(r + offset);  // offset 0: the int8 code's two's-complement byte
   }
-  for (int64_t k = K; k < Kp; ++k) q[k] = static_cast<uint8_t>(kA8Offset);
+  for (int64_t k = K; k < Kp; ++k) q[k] = static_cast<uint8_t>(offset);
+  if (xsum != nullptr) *xsum = sum;
 }
 
 }  // namespace
 
-void quantize_rows(const void* x, DType dtype, int64_t M, int64_t K, int64_t ldx, int64_t Kp, uint8_t* xq, float* sx) {
+void quantize_rows(const void* x, DType dtype, int64_t M, int64_t K, int64_t ldx, int64_t Kp, int32_t offset,
+                   uint8_t* xq, float* sx, int32_t* xsum) {
   for (int64_t m = 0; m < M; ++m) {
+    int32_t* sum = xsum == nullptr ? nullptr : xsum + m;
     if (dtype == DType::f32)
-      quantize_row(static_cast<const float*>(x) + m * ldx, K, Kp, xq + m * Kp, sx + m);
+      quantize_row(static_cast<const float*>(x) + m * ldx, K, Kp, offset, xq + m * Kp, sx + m, sum);
     else
-      quantize_row(static_cast<const uint16_t*>(x) + m * ldx, K, Kp, xq + m * Kp, sx + m);
+      quantize_row(static_cast<const uint16_t*>(x) + m * ldx, K, Kp, offset, xq + m * Kp, sx + m, sum);
   }
 }
 
@@ -91,6 +97,39 @@ void rows_a8_generic(const Job& j, int64_t t0, int64_t t1) {
         dot[r] = s;
       }
       store_a8(j, m, 1, n, rows, dot, wsum);
+    }
+  }
+}
+
+void store_vnni(const Job& j, int64_t m, int64_t n, int rows, const int32_t* acc) {
+  const int32_t offset = kA8Offset * j.xsum[m];
+  for (int r = 0; r < rows; ++r) {
+    float v = static_cast<float>(acc[r] - offset) * j.sx[m] * j.scale[n + r];
+    if (j.bias != nullptr) v += load(j.bias, j.y_dtype, n + r);
+    const int64_t at = m * j.ldy + n + r;
+    if (j.y_dtype == DType::f32)
+      static_cast<float*>(j.y)[at] = v;
+    else
+      static_cast<uint16_t*>(j.y)[at] = to_bf16(v);
+  }
+}
+
+void rows_vnni_generic(const Job& j, int64_t t0, int64_t t1) {
+  constexpr int R = kVnniRows, C = kVnniCols;
+  const int64_t groups = j.K / C;
+  const uint8_t* w = static_cast<const uint8_t*>(j.w);
+  int32_t acc[R];
+  for (int64_t t = t0; t < t1; ++t) {
+    const uint8_t* tile = w + t * R * j.K;
+    const int64_t n = t * R;
+    const int rows = static_cast<int>(j.N - n < R ? j.N - n : R);
+    for (int64_t m = 0; m < j.M; ++m) {
+      const int8_t* x = reinterpret_cast<const int8_t*>(j.xq) + m * j.K;
+      for (int r = 0; r < R; ++r) acc[r] = 0;
+      for (int64_t g = 0; g < groups; ++g)
+        for (int r = 0; r < R; ++r)
+          for (int i = 0; i < C; ++i) acc[r] += int32_t{tile[(g * R + r) * C + i]} * x[g * C + i];
+      store_vnni(j, m, n, rows, acc);
     }
   }
 }

@@ -21,10 +21,12 @@ struct Job {
   void* y;             // (M, N) in y_dtype, row stride ldy
   DType y_dtype;
   int64_t ldy;
-  // W8A8 (linear_a8.h): activation rows as int8 codes + 128 (M, K) with K the padded width, a scale per
-  // row; x is then unused.
+  // W8A8 (linear_a8.h): activation rows as int8 codes (M, K) with K the padded width, a scale per row; x
+  // is then unused. Tiled weights (i8): the codes + 128 as bytes; VNNI weights (u8): the codes as int8
+  // bytes and each row's sum of codes in xsum.
   const uint8_t* xq = nullptr;
   const float* sx = nullptr;
+  const int32_t* xsum = nullptr;
 };
 
 // Weight rows [n0, n1) (tiles of kPackRows rows when packed) for all M activation rows, one

@@ -205,11 +205,13 @@ inline void run_rows(const Job& j, int64_t n0, int64_t n1) {
       case DType::f32: return rows_packed<float>(j, n0, n1);
       case DType::bf16: return rows_packed<uint16_t>(j, n0, n1);
       case DType::i8: return rows_packed<int8_t>(j, n0, n1);
+      case DType::u8: return;  // W8A8 only (linear_a8.h)
     }
   }
   switch (j.w_dtype) {
     case DType::f32: return rows<float>(j, n0, n1);
     case DType::bf16: return rows<uint16_t>(j, n0, n1);
     case DType::i8: return rows<int8_t>(j, n0, n1);
+    case DType::u8: return;
   }
 }

@@ -47,6 +47,19 @@ std::vector<T> pack(const std::vector<T>& w8, int64_t N, int64_t K) {
   return packed;
 }
 
+// The VNNI layout (linear.h): codes + 128, [Np / 16][Kp / 4][16][4], zero codes (128) as padding.
+std::vector<uint8_t> pack_vnni(const std::vector<int8_t>& w8, int64_t N, int64_t K) {
+  using fastllm::cpu::kVnniCols, fastllm::cpu::kVnniRows;
+  const int64_t Kp = (K + kVnniCols - 1) / kVnniCols * kVnniCols;
+  const int64_t Np = (N + kVnniRows - 1) / kVnniRows * kVnniRows;
+  std::vector<uint8_t> packed(Np * Kp, uint8_t{128});
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      packed[((n / kVnniRows) * (Kp / kVnniCols) + k / kVnniCols) * (kVnniRows * kVnniCols) +
+             (n % kVnniRows) * kVnniCols + k % kVnniCols] = static_cast<uint8_t>(w8[n * K + k] + 128);
+  return packed;
+}
+
 struct Case {
   int64_t M, N, K;
   DType x_dtype, w_dtype;
@@ -193,15 +206,17 @@ void test_pool() {
 }  // namespace
 
 // W8A8 (linear_a8.h): the activation codes and the fp32 epilogue written out from the contract; the
-// kernels (VNNI and portable) must match them exactly, on every ISA and thread count.
+// kernels (VNNI and portable, tiled and VNNI-layout weights) must match them exactly, on every ISA and
+// thread count.
 void test_a8() {
   std::mt19937 rng(11);
   std::normal_distribution<float> normal;
   for (const char* isa : {"avx512", "avx2", "generic"}) {
     if (!fastllm::cpu::force_isa(isa)) continue;
     for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 19}, {203, 130}, {9, 64}, {1, 1}, {70, 257}, {130, 768}})
-      for (int64_t M : {1, 2, 3, 4, 5, 8, 11})
-        for (int threads : {1, 3}) {
+      for (int64_t M : {1, 2, 3, 4, 5, 8, 11, 16})
+        for (int threads : {1, 3})
+          for (bool vnni : {false, true}) {
           std::vector<float> x(M * K), scale(N), bias(N);
           std::vector<int8_t> w8(N * K);
           for (auto& v : x) v = normal(rng);
@@ -210,9 +225,11 @@ void test_a8() {
           for (auto& v : w8) v = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
           if (M > 2) x[K] = NAN;  // row 1: NaN outputs
           const std::vector<int8_t> packed = pack(w8, N, K);
+          const std::vector<uint8_t> packed_vnni = pack_vnni(w8, N, K);
           fastllm::cpu::LinearArgs a;
           a.x = x.data(), a.x_dtype = DType::f32, a.M = M, a.K = K, a.ldx = K;
-          a.w = packed.data(), a.w_dtype = DType::i8, a.w_packed = true, a.N = N;
+          a.w = vnni ? static_cast<const void*>(packed_vnni.data()) : packed.data();
+          a.w_dtype = vnni ? DType::u8 : DType::i8, a.w_packed = true, a.N = N;
           a.scale = scale.data(), a.bias = bias.data(), a.quantize_x = true;
           std::vector<float> y(M * N);
           a.y = y.data(), a.ldy = N;
@@ -237,8 +254,8 @@ void test_a8() {
             }
           }
           if (!exact)
-            std::fprintf(stderr, "a8 %s M=%lld N=%lld K=%lld threads=%d: not exact\n", isa, static_cast<long long>(M),
-                         static_cast<long long>(N), static_cast<long long>(K), threads);
+            std::fprintf(stderr, "a8 %s%s M=%lld N=%lld K=%lld threads=%d: not exact\n", isa, vnni ? " vnni" : "",
+                         static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K), threads);
           CHECK(exact);
         }
   }

@@ -107,9 +107,9 @@ Tensor run_linear(const Tensor& x, const Tensor& w, DType w_dtype, bool packed, 
   return y.view(shape);
 }
 
-// The packed layout of (N, K): (ceil(N / 8), ceil(K / 64), 8, 64).
+// The packed layouts of (N, K): tiles (ceil(N / 8), ceil(K / 64), 8, 64), VNNI (ceil(N / 16), ceil(K / 4), 16, 4).
+template <int64_t R = fastllm::cpu::kPackRows, int64_t C = fastllm::cpu::kPackCols>
 bool packed_shape(const Tensor& packed, int64_t N, int64_t K) {
-  constexpr int64_t R = fastllm::cpu::kPackRows, C = fastllm::cpu::kPackCols;
   return packed.dim() == 4 && packed.size(0) == (N + R - 1) / R && packed.size(1) == (K + C - 1) / C &&
          packed.size(2) == R && packed.size(3) == C;
 }
@@ -124,15 +124,20 @@ using PackedSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptT
 template <bool kQuantizeX>
 Tensor int8_linear(const Tensor& x, const Tensor& packed, const Tensor& scale, const OptTensor& bias) {
   const int64_t N = scale.dim() == 1 ? scale.size(0) : 0;
+  // The VNNI layout (uint8) serves W8A8 only; weight-only calls with it take the Python op's reference path.
+  const bool vnni = kQuantizeX && packed.scalar_type() == at::kByte;
+  const bool layout_fits =
+      vnni ? packed_shape<fastllm::cpu::kVnniRows, fastllm::cpu::kVnniCols>(packed, N, x.size(-1))
+           : packed.scalar_type() == at::kChar && packed_shape(packed, N, x.size(-1));
   const bool fast = decode_rows(x, kMaxRowsPacked) && N > 0 && scale.device().is_cpu() &&
                     scale.scalar_type() == at::kFloat && scale.is_contiguous() && packed.device().is_cpu() &&
-                    packed.scalar_type() == at::kChar && packed_shape(packed, N, x.size(-1)) && bias_fits(bias, x, N);
+                    layout_fits && bias_fits(bias, x, N);
   if (!fast) {
     static const auto op = python_op<PackedSig>(kQuantizeX ? "fastllm::w8a8_linear" : "fastllm::int8_linear");
     return op.call(x, packed, scale, bias);
   }
   const Tensor w = packed.contiguous();
-  return run_linear(x, w, DType::i8, true, 0, scale.data_ptr<float>(), bias, N, kQuantizeX);
+  return run_linear(x, w, vnni ? DType::u8 : DType::i8, true, 0, scale.data_ptr<float>(), bias, N, kQuantizeX);
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const OptTensor& bias) {

@@ -12,15 +12,16 @@ import contextlib
 import torch
 
 from fastllm import _cpu
-from fastllm.kernels.reference.linear import PACK_COLS, PACK_ROWS, packed_shape
+from fastllm.kernels.reference.linear import PACK_COLS, PACK_ROWS, VNNI_COLS, VNNI_ROWS, packed_shape
 
-DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8: 3}  # uint8: the "vnni" layout
 X_DTYPES = (torch.float32, torch.bfloat16)
 # Most activation rows the model layer sends to each kernel; with more, torch's GEMM (on the dequantized weight for
 # int8) wins on the CPUs measured (benches/bench_linear.py).
 MAX_M = 8
 MAX_M_PACKED = 16
-assert (_cpu.PACK_ROWS, _cpu.PACK_COLS) == (PACK_ROWS, PACK_COLS), "csrc/cpu/linear.h and reference disagree"
+_LAYOUTS = (PACK_ROWS, PACK_COLS, VNNI_ROWS, VNNI_COLS)
+assert (_cpu.PACK_ROWS, _cpu.PACK_COLS, _cpu.VNNI_ROWS, _cpu.VNNI_COLS) == _LAYOUTS, "csrc/cpu/linear.h and reference"
 
 
 _threads: int | None = None  # the kernel's thread count inside `decode_threads`; None: torch's
@@ -120,7 +121,8 @@ def linear_int8_packed(
 ) -> torch.Tensor:
     """x (..., K) fp32|bf16 @ (codes * scale[:, None])^T + bias -> (..., N) in x's dtype, codes packed by
     `pack_int8`, N = scale.shape[0]. Any number of rows (meant for few: decode). quantize_x: W8A8, x quantized
-    per row to int8 (`fastllm.kernels.reference.linear.int8_linear_w8a8`, equal to the bit).
+    per row to int8 (`fastllm.kernels.reference.linear.int8_linear_w8a8`, equal to the bit); the "vnni" layout
+    (uint8) is for W8A8 only.
 
     A decode step calls this ~50 times per token, so the checks are written for speed (a few microseconds); they
     are complete all the same: the C++ side trusts every pointer and size it gets.
@@ -130,14 +132,15 @@ def linear_int8_packed(
         got = f"{tuple(scale.shape)} {scale.dtype} on {scale.device}"
         _fail(f"scale must be (N,) contiguous float32 on the CPU, got {got}")
     N, K = scale.shape[0], x.shape[-1]
-    if (
-        packed.dtype != torch.int8
-        or packed.shape != (-(-N // PACK_ROWS), -(-K // PACK_COLS), PACK_ROWS, PACK_COLS)
-        or not packed.is_cpu
-    ):
-        _fail(f"packed weight for ({N}, {K}) must be {packed_shape(N, K)} int8 on the CPU, got {tuple(packed.shape)} "
+    if packed.dtype == torch.uint8 and quantize_x:
+        dtype, shape = torch.uint8, (-(-N // VNNI_ROWS), -(-K // VNNI_COLS), VNNI_ROWS, VNNI_COLS)
+    else:
+        dtype, shape = torch.int8, (-(-N // PACK_ROWS), -(-K // PACK_COLS), PACK_ROWS, PACK_COLS)
+    if packed.dtype != dtype or packed.shape != shape or not packed.is_cpu:
+        layouts = f"{packed_shape(N, K)} int8" + (f" or {packed_shape(N, K, 'vnni')} uint8" if quantize_x else "")
+        _fail(f"packed weight for ({N}, {K}) must be {layouts} on the CPU, got {tuple(packed.shape)} "
               f"{packed.dtype} on {packed.device}")  # fmt: skip
-    return _run(x, code, packed.contiguous(), DTYPE_CODES[torch.int8], True, 0, scale, bias, N, quantize_x)
+    return _run(x, code, packed.contiguous(), DTYPE_CODES[packed.dtype], True, 0, scale, bias, N, quantize_x)
 
 
 def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:

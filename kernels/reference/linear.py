@@ -1,16 +1,25 @@
-"""Int8 weight-only linear layers, reference side: the quantizer, the packed layout, the dequantizing linear.
+"""Int8 linear layers, reference side: the quantizer, the packed layouts, the dequantizing and W8A8 linears.
 
 Weights are quantized per output row, symmetric: codes in [-127, 127] and one fp32 scale per row (max |w| / 127),
-w ~= codes * scale. The codes are stored packed for the CPU kernel (csrc/cpu/linear.h): zero-padded to whole tiles
-of PACK_ROWS rows and PACK_COLS columns, each tile's (PACK_ROWS, PACK_COLS) blocks one after the other, so a tile
-is one sequential run of memory. Everything here is plain torch and runs on any device; it is the oracle of the
-kernel and the path for devices and row counts the kernel does not take.
+w ~= codes * scale. The codes are stored packed for the CPU kernels (csrc/cpu/linear.h), in one of two layouts:
+- "tiles" (int8): zero-padded to whole tiles of PACK_ROWS rows and PACK_COLS columns, each tile's (PACK_ROWS,
+  PACK_COLS) blocks one after the other, so a tile is one sequential run of memory. What the weight-only kernel
+  reads (fp32 or bf16 activations), and W8A8 too.
+- "vnni" (uint8, codes + 128): tiles of VNNI_ROWS rows, each a run of (VNNI_COLS columns x VNNI_ROWS rows)
+  groups, so one 64-byte vector holds 4 columns of 16 rows: the operand of one AVX-512 VNNI instruction against 4
+  int8 activations, 16 outputs per vector. W8A8 only (the weight-only kernel reads "tiles"); any other call
+  unpacks it.
+Everything here is plain torch and runs on any device; it is the oracle of the kernels and the path for devices
+and row counts the kernels do not take.
 """
 
 import torch
 import torch.nn.functional as F
 
 PACK_ROWS, PACK_COLS = 8, 64
+VNNI_ROWS, VNNI_COLS = 16, 4
+LAYOUTS = ("tiles", "vnni")
+_VNNI_OFFSET = 128  # "vnni" stores codes + 128 (the unsigned operand of vpdpbusd)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,8 +32,17 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return codes, scale
 
 
-def packed_shape(N: int, K: int) -> tuple[int, int, int, int]:
+def packed_shape(N: int, K: int, layout: str = "tiles") -> tuple[int, int, int, int]:
+    """The shape of (N, K) packed in `layout`: "tiles" (ceil(N / 8), ceil(K / 64), 8, 64), "vnni" (ceil(N / 16),
+    ceil(K / 4), 16, 4)."""
+    if layout == "vnni":
+        return (-(-N // VNNI_ROWS), -(-K // VNNI_COLS), VNNI_ROWS, VNNI_COLS)
     return (-(-N // PACK_ROWS), -(-K // PACK_COLS), PACK_ROWS, PACK_COLS)
+
+
+def packed_layout(packed: torch.Tensor) -> str:
+    """The layout of a `pack_int8` result, told by its dtype: "vnni" for uint8, "tiles" otherwise."""
+    return "vnni" if packed.dtype == torch.uint8 else "tiles"
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -40,20 +58,34 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(T, R, C, W).transpose(1, 2).contiguous()  # (T, C, R, W)
 
 
-def pack_int8(codes: torch.Tensor) -> torch.Tensor:
-    """codes (N, K) int8 -> packed (ceil(N / 8), ceil(K / 64), 8, 64) int8, zero-padded."""
+def pack_int8(codes: torch.Tensor, *, layout: str = "tiles") -> torch.Tensor:
+    """codes (N, K) int8 -> packed, zero codes padding whole tiles (module docstring):
+    "tiles": (ceil(N / 8), ceil(K / 64), 8, 64) int8, for the weight-only and W8A8 kernels;
+    "vnni": (ceil(N / 16), ceil(K / 4), 16, 4) uint8 holding codes + 128, for the W8A8 kernel only (its fastest)."""
     if codes.dtype != torch.int8 or codes.dim() != 2:
         raise ValueError(f"pack_int8: expected (N, K) int8 codes, got {tuple(codes.shape)} {codes.dtype}")
-    return pack_weight(codes)
+    if layout not in LAYOUTS:
+        raise ValueError(f"pack_int8: layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "tiles":
+        return pack_weight(codes)
+    N, K = codes.shape
+    T, G, R, C = packed_shape(N, K, "vnni")
+    padded = F.pad(codes.to(torch.int16) + _VNNI_OFFSET, (0, G * C - K, 0, T * R - N), value=_VNNI_OFFSET)
+    return padded.to(torch.uint8).view(T, R, G, C).transpose(1, 2).contiguous()  # (T, G, R, C)
 
 
 def unpack_weight(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
-    """The (N, K) weight of a `pack_weight` (or `pack_int8`) result."""
+    """The (N, K) weight of a `pack_weight` (or `pack_int8(..., layout="tiles")`) result."""
     T, C, R, W = packed.shape
     return packed.transpose(1, 2).reshape(T * R, C * W)[:N, :K]
 
 
-unpack_int8 = unpack_weight
+def unpack_int8(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
+    """The (N, K) int8 codes of a `pack_int8` result, either layout."""
+    if packed_layout(packed) == "tiles":
+        return unpack_weight(packed, N, K)
+    codes = unpack_weight(packed, N, K).to(torch.int16) - _VNNI_OFFSET  # the same transpose: (T, G, 16, 4)
+    return codes.to(torch.int8)
 
 
 def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int):
