@@ -96,6 +96,11 @@ def test_threads_give_the_same_bits():
     args = inputs((4, 2, 8, 2, 64, 64, 300, None, 0), torch.float32, 3)
     args[3].fill_(300)  # enough work to use every thread
     assert_thread_invariant(lambda: cpu.swa_decode(*args))
+    small = inputs(CASES[0], torch.float32, 4)  # GPT-2's 12 heads: split over threads only inside decode_threads
+    small[3].fill_(80)
+    want = cpu.swa_decode(*small)
+    with cpu.decode_threads():
+        assert torch.equal(cpu.swa_decode(*small), want)
 
 
 def test_public_swa_decode_dispatch(cpu_kernels, monkeypatch):

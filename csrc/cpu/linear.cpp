@@ -132,6 +132,8 @@ std::atomic<int> api_threads{0};
 int get_threads() { return api_threads.load(std::memory_order_relaxed); }
 }  // namespace
 
+bool cores_set_aside() { return get_threads() > 0; }
+
 void set_threads(int threads) { api_threads.store(threads > 0 ? threads : 0, std::memory_order_relaxed); }
 
 const Api* api() {

@@ -18,4 +18,8 @@ AttendFn attend_fn();
 // in the process.
 void run_on_pool(int threads, ThreadPool::Task task, void* ctx);
 
+// Whether fastllm.kernels.cpu.decode_threads set the kernels' thread count aside (api.h: set_threads): torch's
+// own ops then run on one thread, so the pool's threads have the cores to themselves between kernel calls.
+bool cores_set_aside();
+
 }  // namespace fastllm::cpu
