@@ -100,9 +100,13 @@ inline void store(const Job& j, int64_t m, int64_t n, int rows, __m512i acc) {
   v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, j.scale + n));
   const bool f32 = j.y_dtype == DType::f32;
   if (j.bias != nullptr) {
-    const __m512 b = f32 ? _mm512_maskz_loadu_ps(k, static_cast<const float*>(j.bias) + n)
-                         : _mm512_castsi512_ps(_mm512_slli_epi32(
-                               _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(j.bias) + n)), 16));
+    __m512 b;
+    if (f32) {
+      b = _mm512_maskz_loadu_ps(k, static_cast<const float*>(j.bias) + n);
+    } else {
+      const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(j.bias) + n);
+      b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
     v = _mm512_add_ps(v, b);
   }
   if (f32) return _mm512_mask_storeu_ps(static_cast<float*>(j.y) + m * j.ldy + n, k, v);
