@@ -7,7 +7,7 @@ Corpora (../shared/corpora): english = english_kjv.txt, code = python_stdlib.txt
 concatenated. Encodings: GPT-2 and cl100k (rs-bpe and bpe-openai ship cl100k only).
 
 What is measured, always the full Python call that returns Python lists:
-  * encode, 1 thread: one call on the whole corpus; MB/s of UTF-8 input.
+  * encode, 1 thread: one call on the whole corpus (fastllm: num_threads=1); MB/s of UTF-8 input.
   * encode, 2 threads: the corpus as a batch of 100-line chunks, each library's batch API on 2 threads
     (HF tokenizers and tokie run on rayon: RAYON_NUM_THREADS=2 is set before they start their pool).
   * decode: the corpus's ids back to str; MB/s of UTF-8 output.
@@ -18,8 +18,9 @@ What is measured, always the full Python call that returns Python lists:
   * worst case, ms per MB: text without whitespace (10 MB of the English corpus, mostly pieces of 25-100 bytes) and
     single giant pieces: 10 MB of random letters, a word repeated over 10 MB, runs of 1M 'a' / 'é' / an emoji, and
     1M random CJK characters. tiktoken takes ~10 s per call on the 10 MB pieces, so it is timed over one round.
-    fastllm cuts a piece of 256 kB or more into parts merged on threads within the one call (up to the hardware's
-    threads, at most 8; the ids are the same): `threads_per_piece` records how many its largest piece used.
+    fastllm spreads a call on a text of 256 kB or more over threads (up to the hardware's, at most 8; the ids are
+    the same): a text of many pieces in groups of pieces, a giant piece cut into parts; `threads` records how many
+    the call used (`threads_per_piece`: how many its largest piece used).
 Every case first asserts that fastllm's ids equal tiktoken's on that input, then times, then checks the timed
 provider's own output: exact providers must equal tiktoken; tokie is fast but not exact, so whether it matched is
 recorded, not asserted. `speedup_vs_tiktoken` compares medians measured in the same session.
@@ -195,9 +196,10 @@ def hf_json(encoding: str) -> str:
 class Adapter:
     """One library's encode / batch encode / decode, each a full call that returns Python objects."""
 
-    encode: Callable[[str], list[int]]
+    encode: Callable[[str], list[int]]  # on one thread
     encode_batch: Callable[[list[str]], list[list[int]]]
     decode: Callable[[list[int]], str]
+    encode_call: Callable[[str], list[int]] | None = None  # one call with the library's default threads, if other
 
 
 def _fastllm(encoding: str) -> Adapter:
@@ -207,7 +209,12 @@ def _fastllm(encoding: str) -> Adapter:
         tok = Tokenizer.from_vocab_merges(ENCODER_JSON, VOCAB_BPE)
     else:
         tok = Tokenizer.from_tiktoken(CL100K_TIKTOKEN, pattern="cl100k")
-    return Adapter(tok.encode_ordinary, lambda texts: tok.encode_ordinary_batch(texts, num_threads=THREADS), tok.decode)
+    return Adapter(
+        lambda text: tok.encode_ordinary(text, num_threads=1),
+        lambda texts: tok.encode_ordinary_batch(texts, num_threads=THREADS),
+        tok.decode,
+        tok.encode_ordinary,
+    )
 
 
 def _tiktoken(encoding: str) -> Adapter:
@@ -437,23 +444,27 @@ def test_worst_case(bench, provider, encoding, case):
     text = worst_case_text(case)
     check_fastllm(encoding, case)
     slow = provider == "tiktoken"  # up to ~10 s a call here
-    got = bench(adapter(provider, encoding).encode, text, rounds=1 if slow else 3, warmup_rounds=0 if slow else 1)
+    a = adapter(provider, encoding)
+    got = bench(a.encode_call or a.encode, text, rounds=1 if slow else 3, warmup_rounds=0 if slow else 1)
     matches = check_provider(provider, got, expected_ids(encoding, case), case)
     nbytes = len(text.encode("utf-8"))
     ms_per_mb = None if bench.median_s is None else round(bench.median_s * 1e3 / (nbytes / 1e6), 1)
     bench.extra_info["ms_per_mb"] = ms_per_mb
-    threads = piece_threads(encoding, case) if provider == "fastllm" else 1
+    threads, per_piece = call_threads(encoding, case) if provider == "fastllm" else (1, 1)
     record(bench, provider, ("worst-case", encoding, case), nbytes, matches, encoding=encoding, case=case,
-           per_mb_ms=ms_per_mb, threads_per_piece=threads)  # fmt: skip
+           per_mb_ms=ms_per_mb, threads=threads, threads_per_piece=per_piece)  # fmt: skip
 
 
 @lru_cache(maxsize=None)
-def piece_threads(encoding: str, case: str) -> int:
-    """The threads fastllm's encode uses for the largest piece of a worst-case text."""
+def call_threads(encoding: str, case: str) -> tuple[int, int]:
+    """The threads fastllm's encode uses on a worst-case text, and those its largest piece uses."""
     from fastllm import _bpe
 
-    pieces = _bpe.pretokenize(worst_case_text(case), _bpe_py.PATTERNS[encoding])
-    return _bpe.piece_parts(max(len(p.encode("utf-8")) for p in pieces))
+    text = worst_case_text(case)
+    sizes = [len(p.encode("utf-8")) for p in _bpe.pretokenize(text, _bpe_py.PATTERNS[encoding])]
+    groups = _bpe.text_parts(len(text.encode("utf-8")), max(sizes), len(sizes))
+    per_piece = 1 if groups > 1 else _bpe.piece_parts(max(sizes))
+    return max(groups, per_piece), per_piece
 
 
 # ---- first load in a fresh interpreter -----------------------------------------------------------------------

@@ -444,6 +444,14 @@ PYBIND11_MODULE(_bpe, m) {
   m.def(
       "piece_parts", [](size_t n) { return fastllm::PieceThreads::hardware().parts(n); }, py::arg("nbytes"),
       "Into how many parts (threads) a single call cuts a piece of `nbytes` bytes by default (benchmarks).");
+  m.def(
+      "text_parts",
+      [](size_t n, size_t longest, size_t pieces) {
+        return fastllm::PieceThreads::hardware().text_parts(n, longest, pieces);
+      },
+      py::arg("nbytes"), py::arg("longest"), py::arg("pieces"),
+      "Into how many groups of pieces (threads) a single call splits a text of `nbytes` bytes in `pieces` pieces, the "
+      "longest of `longest` bytes, by default (benchmarks).");
   bind_train(m);
   m.def("byte_to_unicode", [](int b) {
     if (b < 0 || b > 255) throw py::value_error("byte out of range");

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "bpe_backtrack.h"
+#include "threads.h"
 
 namespace fastllm {
 
@@ -318,25 +319,53 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out,
   thread_local std::vector<Span> spans;
   spans.clear();
   pretokenizer_->split(text, spans);
-  PieceCache& cache = PieceCache::get();
-  cache.begin_call();
   // Pieces of 13 to 24 bytes that miss the cache take the linear path too when this text keeps its tables
   // in the caches (a quarter of its bytes or more in long pieces: text without spaces, CJK): then it is
   // faster than the scan, whose hash lookups miss. In other text (code) the scan is.
-  cache.linear_short = false;
+  bool linear_short = false;
+  size_t longest = 0;
+  for (const Span& s : spans) longest = std::max(longest, s.second - s.first);
   if (backtrack_built_.load(std::memory_order_acquire) && backtrack_ != nullptr) {
     size_t long_bytes = 0;
     for (const Span& s : spans)
       if (s.second - s.first > PieceCache::kMaxBytes) long_bytes += s.second - s.first;
-    cache.linear_short = long_bytes * 4 >= text.size();
+    linear_short = long_bytes * 4 >= text.size();
   }
-  out.reserve(out.size() + spans.size() + spans.size() / 4);
+  const size_t parts = threads.text_parts(text.size(), longest, spans.size());
+  if (parts < 2) return encode_spans(text, spans.data(), spans.size(), linear_short, threads, out);
+  // A long text: groups of whole pieces with about as many bytes each, one per thread. Each piece's ids
+  // depend on its own bytes only, so the groups' ids joined are the text's.
+  std::vector<size_t> cut{0};
+  for (size_t i = 0, bytes = 0; i < spans.size() && cut.size() < parts; ++i) {
+    bytes += spans[i].second - spans[i].first;
+    if (bytes * parts >= text.size() * cut.size()) cut.push_back(i + 1);
+  }
+  cut.push_back(spans.size());
+  const size_t groups = cut.size() - 1;
+  std::vector<std::vector<uint32_t>> ids(groups - 1);  // group 0 appends to `out`
+  const Span* all = spans.data();
+  on_threads(groups, [&](size_t g) {
+    encode_spans(text, all + cut[g], cut[g + 1] - cut[g], linear_short, PieceThreads{},  // pieces: one thread each
+                 g == 0 ? out : ids[g - 1]);
+  });
+  size_t total = out.size();
+  for (const auto& v : ids) total += v.size();
+  out.reserve(total);
+  for (const auto& v : ids) out.insert(out.end(), v.begin(), v.end());
+}
+
+void CoreBPE::encode_spans(std::string_view text, const Span* spans, size_t count, bool linear_short,
+                           const PieceThreads& threads, std::vector<uint32_t>& out) const {
+  PieceCache& cache = PieceCache::get();
+  cache.begin_call();
+  cache.linear_short = linear_short;
+  out.reserve(out.size() + count + count / 4);
   // Most pieces are whole tokens, so the cost is one hash lookup each: hash a block of pieces and
   // prefetch their slots first, so that the cache misses of a block overlap.
   constexpr size_t kBlock = 16;
   BytesKey keys[kBlock];
-  for (size_t b = 0; b < spans.size(); b += kBlock) {
-    size_t e = std::min(spans.size(), b + kBlock);
+  for (size_t b = 0; b < count; b += kBlock) {
+    size_t e = std::min(count, b + kBlock);
     for (size_t i = b; i < e; ++i) {
       size_t len = spans[i].second - spans[i].first;
       // A piece longer than any token is never looked up: its megabytes are not hashed.

@@ -42,8 +42,9 @@ struct SpecialToken {
   bool special;  // false: an HF "added token" that is always split out, whatever the policy
 };
 
-// How one encode call may split a giant piece over threads (bpe_backtrack.cpp: why the ids stay exact).
-// A piece of n bytes is cut into min(threads, n / min_part) parts when that is 2 or more.
+// How one encode call may spread its work over threads: a long text by groups of whole pieces (bpe.cpp), a
+// giant piece by parts (bpe_backtrack.cpp: why the ids stay exact). n bytes make min(threads, n / min_part)
+// parts when that is 2 or more.
 struct PieceThreads {
   unsigned threads = 1;
   // A part costs ~30 ms/MB of merging, a thread ~50 us to start: parts of 128 KB keep the start-up under 2%.
@@ -55,6 +56,13 @@ struct PieceThreads {
   // Parts of a piece of n bytes (1: merged serially).
   size_t parts(size_t n) const {
     return std::max<size_t>(1, std::min<size_t>(threads, n / std::max<size_t>(min_part, 1)));
+  }
+  // Groups of pieces a text of n bytes in `pieces` pieces, the longest of `longest` bytes, is encoded in, one
+  // per thread: parts(n) when the text holds at least 64 pieces per group and no piece is longer than a group
+  // (a text that is mostly one giant piece has that piece cut into parts instead); else 1.
+  size_t text_parts(size_t n, size_t longest, size_t pieces) const {
+    size_t k = parts(n);
+    return k >= 2 && pieces >= 64 * k && longest * k <= n ? k : 1;
   }
 };
 
@@ -144,7 +152,8 @@ class CoreBPE {
   static std::unique_ptr<CoreBPE> from_tokenizer_json(TokenizerJson& doc, std::vector<SpecialToken> specials,
                                                       std::string_view pattern, bool ignore_merges);
 
-  // `threads`: how a giant piece may be split (the default: one thread). The ids never depend on it.
+  // `threads`: how a long text or a giant piece may be split (the default: one thread). The ids never depend
+  // on it.
   void encode_ordinary(std::string_view text, std::vector<uint32_t>& out, const PieceThreads& threads = {}) const;
   // Splits out specials per `policy` (one entry per specials() element; missing entries mean
   // disallowed). Returns -1, or the index of the first disallowed special found, in which case
@@ -194,6 +203,9 @@ class CoreBPE {
   void init_byte_pairs();
   void encode_piece(const char* p, size_t n, const BytesKey& key, PieceCache& cache, const PieceThreads& threads,
                     std::vector<uint32_t>& out) const;
+  // The pieces spans[0, count) of `text`, on this thread; linear_short: see encode_ordinary.
+  void encode_spans(std::string_view text, const Span* spans, size_t count, bool linear_short,
+                    const PieceThreads& threads, std::vector<uint32_t>& out) const;
   void merge_small(const char* p, size_t n, std::vector<uint32_t>& out) const;
   void merge_large(const char* p, size_t n, std::vector<uint32_t>& out) const;
   // Linear time (bpe_backtrack.cpp); a giant piece is split over threads per `threads`.

@@ -3,11 +3,10 @@
 #include "bpe_backtrack.h"
 
 #include <algorithm>
-#include <exception>
-#include <system_error>
 #include <thread>
 
 #include "bpe.h"
+#include "threads.h"
 
 namespace fastllm {
 
@@ -241,32 +240,6 @@ bool backtrack_steps(const BacktrackTables& bt, const char* p, size_t n, size_t 
 // Words of `dead` for positions up to min(n, stop - 1 + max_len).
 size_t dead_words(const BacktrackTables& bt, size_t n, size_t stop) {
   return std::min(n, stop - 1 + bt.max_len) / 64 + 1;
-}
-
-// Runs fn(i) for i in [0, count): 0 on this thread, the others on threads of their own (here, if no thread can
-// be started). Rethrows the first exception once all have finished.
-template <typename Fn>
-void on_threads(size_t count, Fn fn) {
-  std::vector<std::exception_ptr> error(count);
-  auto run = [&](size_t i) {
-    try {
-      fn(i);
-    } catch (...) {
-      error[i] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(count);
-  size_t i = 1;
-  try {
-    for (; i < count; ++i) pool.emplace_back(run, i);
-  } catch (const std::system_error&) {
-    for (; i < count; ++i) run(i);
-  }
-  run(0);
-  for (std::thread& t : pool) t.join();
-  for (std::exception_ptr& e : error)
-    if (e) std::rethrow_exception(e);
 }
 
 }  // namespace

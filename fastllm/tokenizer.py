@@ -242,22 +242,24 @@ class Tokenizer:
         *,
         allowed_special: Literal["all"] | Collection[str] = frozenset(),
         disallowed_special: Literal["all"] | Collection[str] = "all",
+        num_threads: int | None = None,
     ) -> list[int]:
         """Encodes `text`. Special-token text is disallowed by default (ValueError), as in tiktoken:
         text from users should not be able to inject control tokens. `allowed_special` lists the
         specials encoded as their ids; specials neither allowed nor disallowed are encoded as text.
 
-        A single pre-tokenized piece of 256 kB or more (text without whitespace) is merged on up to 8
-        threads within the call; the ids are the same as on one.
+        A text of 256 kB or more runs on up to `num_threads` threads within the call (default: the hardware's,
+        at most 8), with the GIL released: its pieces in groups of about equal bytes, or a single pre-tokenized
+        piece of that size (text without whitespace) cut into parts. The ids are the same as on one thread.
         """
-        ids = self._core.encode(text, self._policy(allowed_special, disallowed_special))
+        ids = self._core.encode(text, self._policy(allowed_special, disallowed_special), num_threads)
         if isinstance(ids, int):
             self._raise_disallowed(ids)
         return ids
 
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Encodes `text` with special-token strings treated as plain text."""
-        return self._core.encode_ordinary(text)
+    def encode_ordinary(self, text: str, *, num_threads: int | None = None) -> list[int]:
+        """Encodes `text` with special-token strings treated as plain text; `num_threads` as in `encode`."""
+        return self._core.encode_ordinary(text, num_threads)
 
     def encode_batch(
         self,

@@ -1097,6 +1097,52 @@ def test_giant_piece_default_parts(name):
         tok._core.merge_piece(b"ab", "linear", min_part=0)
 
 
+# ==== one long text over threads ==============================================================================
+# A text of 2 * min_part bytes or more in many pieces is encoded in groups of whole pieces, one per thread, joined
+# in order (bpe.cpp: encode_ordinary); a text that is mostly one giant piece cuts that piece instead.
+
+
+@pytest.mark.parametrize("name", MAIN)
+def test_long_text_groups_match_tiktoken(name):
+    """Every corpus, text without spaces and a mix with a giant piece and specials-as-text, on 1 to 8 threads with
+    groups down to a few hundred bytes: tiktoken's ids, through encode_ordinary, encode and the public num_threads."""
+    from fastllm import _bpe
+
+    require(*CORPUS_FILES)
+    tok, enc = native(name), tt(name)
+    core = tok._core
+    rng = random.Random(8)
+    texts = {f.name: corpus(f)[:60_000] for f in CORPUS_FILES}
+    texts["no-spaces"] = corpus(CORPORA / "english_kjv.txt")[:60_000].replace(" ", "")
+    texts["mixed"] = texts["english_kjv.txt"][:20_000] + "x" * 9_000 + "<|endoftext|>" + texts["no-spaces"][:20_000]
+    for kind, text in texts.items():
+        expected = enc.encode_ordinary(text)
+        pieces = _bpe.pretokenize(text, core.pattern)
+        assert len(pieces) > 1000, kind
+        for threads in (1, 2, 3, 8):
+            min_part = rng.choice([300, 4096, 20_000])
+            what = f"{name} {kind} threads={threads} min_part={min_part}"
+            assert_ids(core.encode_ordinary(text, threads=threads, min_part=min_part), expected, what, enc.decode)
+            got = core.encode(text, tok._policy((), ()), threads=threads, min_part=min_part)
+            assert_ids(got, expected, what + " encode", enc.decode)
+        assert_ids(tok.encode_ordinary(text, num_threads=2), expected, f"{name} {kind} num_threads=2", enc.decode)
+        got = tok.encode(text, disallowed_special=(), num_threads=3)
+        assert_ids(got, expected, f"{name} {kind} encode", enc.decode)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        tok.encode_ordinary("ab", num_threads=0)
+
+
+def test_text_parts_policy():
+    """Groups only for texts of >= 2 parts with >= 64 pieces per group and no piece longer than a group."""
+    from fastllm import _bpe
+
+    threads = _bpe.piece_parts(10**9)  # the hardware's threads (at most 8)
+    assert _bpe.text_parts(10**7, 100, 10**5) == threads
+    assert _bpe.text_parts(100_000, 100, 10**4) == 1  # under 2 parts of 128 kB
+    assert _bpe.text_parts(10**7, 9 * 10**6, 10**5) == 1  # mostly one giant piece: the piece is cut instead
+    assert _bpe.text_parts(10**7, 100, 10) == 1  # few pieces
+
+
 # ==== batches =================================================================================================
 
 

@@ -331,6 +331,36 @@ static void test_parallel_gpt2() {
     for (const std::string& s : {run, emoji}) CHECK(merge_parts(*bpe, s, 3, 1000) == merge(*bpe, s, Algo::kLinear));
   }
   CHECK(PieceThreads::hardware().threads >= 1 && PieceThreads::hardware().threads <= 8);
+  // A text of many pieces in groups of pieces on threads (CoreBPE::encode_ordinary, encode): the serial ids, with
+  // groups down to a few pieces, and a giant piece in the text (cut into parts when it dominates the text).
+  auto fresh = CoreBPE::from_merge_text(vocab, merges, {}, "gpt2", "encoder.json");
+  for (int trial = 0; trial < 24; ++trial) {
+    std::string text;
+    while (text.size() < 20000 + static_cast<size_t>(trial) * 500) {
+      text += text_of(rng() % 8, 1 + rng() % (trial % 4 == 3 ? 3000 : 40));
+      text += trial % 3 ? " " : ", ";
+    }
+    std::vector<uint32_t> serial;
+    fresh->encode_ordinary(text, serial);
+    for (unsigned threads : {2u, 3u, 7u}) {
+      PieceThreads pt;
+      pt.threads = threads;
+      pt.min_part = 1 + rng() % 4000;
+      std::vector<uint32_t> out{42};  // appends after what the vector holds
+      bpe->encode_ordinary(text, out, pt);
+      CHECK(out.size() == serial.size() + 1 && out[0] == 42);
+      CHECK(std::equal(serial.begin(), serial.end(), out.begin() + 1));
+      out.clear();
+      CHECK(bpe->encode(text, {}, out, pt) == -1 && out == serial);
+    }
+  }
+  PieceThreads four;
+  four.threads = 4;
+  four.min_part = 100;
+  CHECK(four.text_parts(1000, 10, 1000) == 4);
+  CHECK(four.text_parts(1000, 300, 1000) == 1);  // a piece longer than a group
+  CHECK(four.text_parts(1000, 10, 255) == 1);    // under 64 pieces per group
+  CHECK(four.text_parts(150, 10, 1000) == 1);    // under 2 parts
 }
 
 int main() {
