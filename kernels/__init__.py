@@ -238,6 +238,11 @@ def sample(
             f"sample: nan_flag must be an int32 (1,) tensor on {device}, got {tuple(nan_flag.shape)} "
             f"{nan_flag.dtype} on {nan_flag.device}",
         )
+    scalars = (temperature, top_k, top_p, min_p, repetition_penalty)
+    if noise is None and seed is None and all(type(a) in (int, float) for a in scalars) and scalars == (0, 0, 1, 0, 1):
+        ids = _ops_inference.plain_greedy_cpu(logits)  # greedy, the rest at its defaults: no parameter tensors
+        if ids is not None:
+            return ids
     params = (
         per_row(temperature, B, torch.float32, device, "temperature"),
         per_row(top_k, B, torch.int64, device, "top_k"),

@@ -62,8 +62,12 @@ def test_public_greedy_sample_on_the_kernel_equals_the_reference(cpu_kernels, mo
             assert fast.tolist() == K.sample(z, temperature=0.0, **kw).tolist()
     assert len(calls) == 6
     monkeypatch.setenv("FASTLLM_KERNELS", "auto")
+    plain = K.sample(z, temperature=0)  # every other parameter at its default: the argmax without the op
+    assert plain.dtype == torch.int64 and torch.equal(plain, K.sample(z, temperature=torch.zeros(4)))
+    assert len(calls) == 8
+    monkeypatch.setenv("FASTLLM_KERNELS", "auto")
     K.sample(torch.randn(2, 9), temperature=torch.tensor([0.0, 1.0]), generator=g)  # a sampled row: the reference
-    assert len(calls) == 6
+    assert len(calls) == 8
 
 
 @pytest.mark.parametrize(
