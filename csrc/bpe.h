@@ -26,7 +26,7 @@
 
 namespace fastllm {
 
-struct PieceCache;       // bpe.cpp
+struct PieceCache;       // bpe_encode.cpp
 struct BacktrackTables;   // bpe_backtrack.h
 struct BacktrackScratch;  // bpe_backtrack.h
 
@@ -42,7 +42,7 @@ struct SpecialToken {
   bool special;  // false: an HF "added token" that is always split out, whatever the policy
 };
 
-// How one encode call may spread its work over threads: a long text by groups of whole pieces (bpe.cpp), a
+// How one encode call may spread its work over threads: a long text by groups of whole pieces (bpe_encode.cpp), a
 // giant piece by parts (bpe_backtrack.cpp: why the ids stay exact). n bytes make min(threads, n / min_part)
 // parts when that is 2 or more.
 struct PieceThreads {
@@ -189,7 +189,7 @@ class CoreBPE {
  private:
   static constexpr size_t kCopySlack = 16;
   static constexpr size_t kSmallPiece = 96;  // longer pieces merge through a queue, not O(n^2) scans
-  static constexpr size_t kScanOnly = 12;    // shorter pieces always merge by scans (bpe.cpp: encode_ordinary)
+  static constexpr size_t kScanOnly = 12;    // shorter pieces always merge by scans (bpe_encode.cpp)
   // The linear-time path's tables cost 20-60 ms to build (bpe_backtrack.cpp), about what merging this
   // many bytes of pieces over PieceCache::kMaxBytes the other ways costs: built once that much has come.
   static constexpr size_t kBacktrackAfter = size_t{1} << 19;

@@ -1099,7 +1099,7 @@ def test_giant_piece_default_parts(name):
 
 # ==== one long text over threads ==============================================================================
 # A text of 2 * min_part bytes or more in many pieces is encoded in groups of whole pieces, one per thread, joined
-# in order (bpe.cpp: encode_ordinary); a text that is mostly one giant piece cuts that piece instead.
+# in order (bpe_encode.cpp: encode_ordinary); a text that is mostly one giant piece cuts that piece instead.
 
 
 @pytest.mark.parametrize("name", MAIN)
