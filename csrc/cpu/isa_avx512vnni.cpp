@@ -156,11 +156,12 @@ constexpr int tiles_for() {
   return B <= 4 ? 4 : 3;
 }
 
+// Activation rows [m0, m0 + B) against tiles [t, end).
 template <int B>
-inline void vnni_group(const Job& j, int64_t m0, int64_t t, int64_t tiles) {
+inline void vnni_group(const Job& j, int64_t m0, int64_t t, int64_t end) {
   constexpr int T = tiles_for<B>();
-  for (; t + T <= tiles; t += T) vnni_tiles<B, T>(j, m0, t);
-  const int64_t left = tiles - t;
+  for (; t + T <= end; t += T) vnni_tiles<B, T>(j, m0, t);
+  const int64_t left = end - t;
   if (left == 3) vnni_tiles<B, 3>(j, m0, t);
   else if (left == 2) vnni_tiles<B, 2>(j, m0, t);
   else if (left == 1) vnni_tiles<B, 1>(j, m0, t);
