@@ -167,21 +167,32 @@ Tensor linear_packed(const Tensor& x, const Tensor& packed, const OptTensor& bia
 
 // ---- decode attention -------------------------------------------------------------------------------
 
-// cache_seqlens as the (B,) int64 the kernel reads, or nullopt unless it is an integer (B,) CPU tensor
-// of values >= 0.
-std::optional<Tensor> seqlens(const Tensor& cache_seqlens, int64_t B) {
+// cache_seqlens (an integer (B,) CPU tensor of values >= 0) as the (B,) int64 the kernel reads, or nullopt.
+// int32 and int64 (the models' and users' dtypes) are read in place: a tensor conversion costs ~5 us a call,
+// 12+ calls a decode step.
+using Lens = std::vector<int64_t>;
+std::optional<Lens> seqlens(const Tensor& cache_seqlens, int64_t B) {
   if (!integral_cpu(cache_seqlens) || cache_seqlens.dim() != 1 || cache_seqlens.size(0) != B) return std::nullopt;
-  Tensor lens = cache_seqlens.to(at::kLong).contiguous();
-  const int64_t* n = lens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
-    if (n[b] < 0) return std::nullopt;
+  Lens lens(static_cast<size_t>(B));
+  const int64_t stride = cache_seqlens.stride(0);
+  if (cache_seqlens.scalar_type() == at::kInt) {
+    const int32_t* n = cache_seqlens.data_ptr<int32_t>();
+    for (int64_t b = 0; b < B; ++b) lens[b] = n[b * stride];
+  } else if (cache_seqlens.scalar_type() == at::kLong) {
+    const int64_t* n = cache_seqlens.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) lens[b] = n[b * stride];
+  } else {
+    const Tensor n = cache_seqlens.to(at::kLong).contiguous();
+    for (int64_t b = 0; b < B; ++b) lens[b] = n.data_ptr<int64_t>()[b];
+  }
+  for (int64_t n : lens)
+    if (n < 0) return std::nullopt;
   return lens;
 }
 
-int64_t max_len(const Tensor& lens) {
+int64_t max_len(const Lens& lens) {
   int64_t m = 0;
-  const int64_t* n = lens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < lens.size(0); ++b) m = n[b] > m ? n[b] : m;
+  for (int64_t n : lens) m = n > m ? n : m;
   return m;
 }
 
@@ -200,7 +211,7 @@ Tensor swa_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   if (k.size(0) != B || k.size(1) != C || k.size(2) != Hkv || k.size(3) != D || v.size(0) != B || Hkv < 1 ||
       H % Hkv != 0 || sinks < 0 || sinks >= C || window == 0 || !unit_last(q) || !unit_last(k) || !unit_last(v))
     return fallback();
-  const std::optional<Tensor> lens = seqlens(cache_seqlens, B);
+  const std::optional<Lens> lens = seqlens(cache_seqlens, B);
   if (!lens) return fallback();
   if (B > 0 && max_len(*lens) > C && (window < 0 || C < window + sinks + Tq - 1)) return fallback();  // wrapped
   Tensor slopes, bias;
@@ -221,7 +232,7 @@ Tensor swa_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   a.q = q.data_ptr(), a.q_sb = q.stride(0), a.q_st = q.stride(1), a.q_sh = q.stride(2);
   a.k = k.data_ptr(), a.k_sb = k.stride(0), a.k_sc = k.stride(1), a.k_sh = k.stride(2);
   a.v = v.data_ptr(), a.v_sb = v.stride(0), a.v_sc = v.stride(1), a.v_sh = v.stride(2);
-  a.seqlens = lens->data_ptr<int64_t>();
+  a.seqlens = lens->data();
   a.window = window < 0 ? 0 : window;
   a.sinks = sinks;
   a.scale = static_cast<float>(softmax_scale);
@@ -237,9 +248,8 @@ using MlaSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Te
                                           const OptTensor&);
 
 // Whether the pages rows of these lengths use are named in the table and inside the pool.
-bool pages_valid(const Tensor& table, const Tensor& lens, int64_t page_size, int64_t pool) {
-  const int64_t* n = lens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < lens.size(0); ++b) {
+bool pages_valid(const Tensor& table, const Lens& n, int64_t page_size, int64_t pool) {
+  for (size_t b = 0; b < n.size(); ++b) {
     const int64_t used = (n[b] + page_size - 1) / page_size;
     if (used > table.size(1)) return false;
     const int64_t* pages = table.data_ptr<int64_t>() + b * table.stride(0);
@@ -257,7 +267,7 @@ std::tuple<Tensor, Tensor> mla_decode(const Tensor& q, const Tensor& kv, const T
     return fallback();
   const int64_t B = q.size(0), Tq = q.size(1), H = q.size(2), D = q.size(3), S = kv.size(1);
   if (kv.size(2) != D || kv_lora_rank <= 0 || kv_lora_rank > D || !unit_last(q) || !unit_last(kv)) return fallback();
-  const std::optional<Tensor> lens = seqlens(cache_seqlens, B);
+  const std::optional<Lens> lens = seqlens(cache_seqlens, B);
   if (!lens) return fallback();
   Tensor table;
   if (!block_table.has_value()) {
@@ -278,7 +288,7 @@ std::tuple<Tensor, Tensor> mla_decode(const Tensor& q, const Tensor& kv, const T
   a.k = a.v = kv.data_ptr();
   a.k_sb = a.v_sb = kv.stride(0);
   a.k_sc = a.v_sc = kv.stride(1);
-  a.seqlens = lens->data_ptr<int64_t>();
+  a.seqlens = lens->data();
   a.scale = static_cast<float>(softmax_scale);
   if (table.defined()) {
     a.block_table = table.data_ptr<int64_t>();
