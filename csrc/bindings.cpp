@@ -5,12 +5,12 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
 #include <exception>
 #include <thread>
 
 #include "bpe.h"
+#include "threads.h"
 
 namespace py = pybind11;
 using fastllm::CoreBPE;
@@ -70,15 +70,10 @@ py::list to_list(const std::vector<uint32_t>& ids) {
   size_t threads = ids.size() >= 2 * kFaultChunk ? fastllm::PieceThreads::hardware().threads : 1;
   if (threads > 1) {
     PyObject** items = reinterpret_cast<PyListObject*>(list)->ob_item;
-    std::atomic<size_t> next{0};
-    auto touch = [&] {
-      for (size_t lo; (lo = next.fetch_add(kFaultChunk)) < ids.size();)
-        std::memset(static_cast<void*>(items + lo), 0, std::min(kFaultChunk, ids.size() - lo) * sizeof(PyObject*));
-    };
-    std::vector<std::thread> pool;
-    for (size_t t = 1; t < threads; ++t) pool.emplace_back(touch);
-    touch();
-    for (std::thread& t : pool) t.join();
+    fastllm::parallel_for((ids.size() + kFaultChunk - 1) / kFaultChunk, threads, [&](size_t c) {
+      const size_t lo = c * kFaultChunk;
+      std::memset(static_cast<void*>(items + lo), 0, std::min(kFaultChunk, ids.size() - lo) * sizeof(PyObject*));
+    });
   }
   for (size_t i = 0; i < ids.size(); ++i) {
     PyObject* v = id_object(ids[i]);
@@ -155,31 +150,6 @@ py::object problem_of(const fastllm::TokenizerJson::Problem& p) {
 
 // ==== Batches ====
 
-// Runs fn(i) for i in [0, n) on up to `threads` threads (GIL released by the caller).
-template <typename Fn>
-void parallel_for(size_t n, size_t threads, Fn fn) {
-  threads = std::max<size_t>(1, std::min(threads, n));
-  if (threads == 1) {
-    for (size_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  std::atomic<size_t> next{0};
-  std::exception_ptr error;
-  std::atomic<bool> failed{false};
-  auto worker = [&] {
-    try {
-      for (size_t i; (i = next.fetch_add(1)) < n && !failed.load();) fn(i);
-    } catch (...) {
-      if (!failed.exchange(true)) error = std::current_exception();
-    }
-  };
-  std::vector<std::thread> pool;
-  for (size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto& t : pool) t.join();
-  if (error) std::rethrow_exception(error);
-}
-
 // How a call may split a giant piece: `threads` None means the hardware's (PieceThreads::hardware), `min_part`
 // None the default part size (tests make it small, to cut short pieces into many parts).
 fastllm::PieceThreads piece_threads(py::object threads, py::object min_part) {
@@ -220,7 +190,7 @@ py::tuple encode_batch(const CoreBPE& bpe, const py::list& texts, py::object pol
                                                               fastllm::PieceThreads::hardware().threads));
   {
     py::gil_scoped_release release;
-    parallel_for(n, threads, [&](size_t i) {
+    fastllm::parallel_for(n, threads, [&](size_t i) {
       // Encode into a local vector: out[i] and out[i + 1] share a cache line, and threads take
       // neighbouring texts, so appending to out[i] directly would bounce that line between cores.
       std::vector<uint32_t> ids;

@@ -84,15 +84,18 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out,
   // in the caches (a quarter of its bytes or more in long pieces: text without spaces, CJK): then it is
   // faster than the scan, whose hash lookups miss. In other text (code) the scan is.
   bool linear_short = false;
-  size_t longest = 0;
-  for (const Span& s : spans) longest = std::max(longest, s.second - s.first);
   if (backtrack_built_.load(std::memory_order_acquire) && backtrack_ != nullptr) {
     size_t long_bytes = 0;
     for (const Span& s : spans)
       if (s.second - s.first > PieceCache::kMaxBytes) long_bytes += s.second - s.first;
     linear_short = long_bytes * 4 >= text.size();
   }
-  const size_t parts = threads.text_parts(text.size(), longest, spans.size());
+  size_t parts = threads.parts(text.size());  // 1 for a text under 2 * min_part: no pass over its pieces
+  if (parts >= 2) {
+    size_t longest = 0;
+    for (const Span& s : spans) longest = std::max(longest, s.second - s.first);
+    parts = threads.text_parts(text.size(), longest, spans.size());
+  }
   if (parts < 2) return encode_spans(text, spans.data(), spans.size(), linear_short, threads, out);
   // A long text: groups of whole pieces with about as many bytes each, one per thread. Each piece's ids
   // depend on its own bytes only, so the groups' ids joined are the text's.
