@@ -56,12 +56,13 @@ int best_isa() {
 
 std::atomic<int> current_isa{best_isa()};
 
-// The W8A8 kernels (tiled or VNNI-layout weights): VNNI with the AVX-512 copies on CPUs that have it,
-// else the portable ones.
+// The W8A8 kernels (tiled or VNNI-layout weights): VNNI with the AVX-512 copies on CPUs that have it, the
+// AVX2 copy for VNNI-layout weights with the AVX2 ones, else the portable ones.
 RowsFn a8_rows(bool vnni_layout) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   static const bool vnni = __builtin_cpu_supports("avx512vnni");
   if (vnni && std::strcmp(isa(), "avx512") == 0) return vnni_layout ? rows_vnni_vnni : rows_a8_vnni;
+  if (vnni_layout && std::strcmp(isa(), "generic") != 0) return rows_vnni_avx2;
 #endif
   return vnni_layout ? rows_vnni_generic : rows_a8_generic;
 }

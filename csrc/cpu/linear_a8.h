@@ -36,10 +36,12 @@ void store_a8(const Job& job, int64_t m0, int B, int64_t n, int rows, const int3
 void rows_a8_generic(const Job& job, int64_t t0, int64_t t1);
 void rows_a8_vnni(const Job& job, int64_t t0, int64_t t1);
 
-// VNNI-layout weights: tiles [t0, t1) of kVnniRows rows for all M activation rows, portable and VNNI.
-// store_vnni stores row m's outputs n .. n + rows - 1 from acc (the sums of (w + 128) q).
+// VNNI-layout weights: tiles [t0, t1) of kVnniRows rows for all M activation rows, portable, AVX-512 VNNI
+// and AVX2 (isa_avx2_a8.cpp: vpmaddwd on widened weights, for CPUs without VNNI). store_vnni stores row m's
+// outputs n .. n + rows - 1 from acc (the sums of (w + 128) q).
 void store_vnni(const Job& job, int64_t m, int64_t n, int rows, const int32_t* acc);
 void rows_vnni_generic(const Job& job, int64_t t0, int64_t t1);
 void rows_vnni_vnni(const Job& job, int64_t t0, int64_t t1);
+void rows_vnni_avx2(const Job& job, int64_t t0, int64_t t1);
 
 }  // namespace fastllm::cpu
