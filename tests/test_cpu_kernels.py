@@ -159,6 +159,24 @@ def test_public_int8_linear_dispatch(cpu_kernels, monkeypatch):
     assert (K.int8_linear(x, packed, scale, bias).double() - want).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("slow_bf16", [False, True])
+def test_bf16_linear_beyond_the_kernel(cpu_kernels, monkeypatch, slow_bf16):
+    """torch.ops.fastllm.linear on bf16 calls too big for the C++ kernel: torch's bf16 matmul where it is fast, fp32
+    rounded once where it is not (CPUs without AVX-512); either way within one bf16 rounding of fp64 (doubled)."""
+    from fastllm.kernels import _ops_inference
+
+    monkeypatch.setattr(_ops_inference, "_slow_bf16_gemm", lambda: slow_bf16)
+    torch.manual_seed(2)
+    w, bias = torch.randn(37, 130).bfloat16(), torch.randn(37).bfloat16()
+    x = torch.randn(2, 21, 130).bfloat16()  # 42 rows: past the kernel's
+    got = torch.ops.fastllm.linear(x, w, bias)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 21, 37)
+    want = F.linear(x.double(), w.double(), bias.double())
+    assert ((got.double() - want).abs() <= 2 * want.abs() * 2**-8 + 1e-6).all()
+    if slow_bf16:
+        assert torch.equal(got, F.linear(x.float(), w.float(), bias.float()).bfloat16())
+
+
 @pytest.mark.parametrize("layout", ["tiles", "vnni"])
 def test_public_w8a8_dispatch(cpu_kernels, monkeypatch, layout):
     """K.int8_linear(activations="int8"): the kernel at decode sizes, torch's int8 matmul beyond and under
