@@ -174,16 +174,17 @@ using Lens = std::vector<int64_t>;
 std::optional<Lens> seqlens(const Tensor& cache_seqlens, int64_t B) {
   if (!integral_cpu(cache_seqlens) || cache_seqlens.dim() != 1 || cache_seqlens.size(0) != B) return std::nullopt;
   Lens lens(static_cast<size_t>(B));
+  auto read = [&](const auto* n, int64_t stride) {
+    for (int64_t b = 0; b < B; ++b) lens[b] = n[b * stride];
+  };
   const int64_t stride = cache_seqlens.stride(0);
   if (cache_seqlens.scalar_type() == at::kInt) {
-    const int32_t* n = cache_seqlens.data_ptr<int32_t>();
-    for (int64_t b = 0; b < B; ++b) lens[b] = n[b * stride];
+    read(cache_seqlens.data_ptr<int32_t>(), stride);
   } else if (cache_seqlens.scalar_type() == at::kLong) {
-    const int64_t* n = cache_seqlens.data_ptr<int64_t>();
-    for (int64_t b = 0; b < B; ++b) lens[b] = n[b * stride];
+    read(cache_seqlens.data_ptr<int64_t>(), stride);
   } else {
     const Tensor n = cache_seqlens.to(at::kLong).contiguous();
-    for (int64_t b = 0; b < B; ++b) lens[b] = n.data_ptr<int64_t>()[b];
+    read(n.data_ptr<int64_t>(), 1);
   }
   for (int64_t n : lens)
     if (n < 0) return std::nullopt;
