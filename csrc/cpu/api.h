@@ -10,12 +10,12 @@
 namespace fastllm::cpu {
 
 // Bumped whenever a struct below or the table changes layout: the operator library refuses a mismatch.
-constexpr int kApiVersion = 2;
+constexpr int kApiVersion = 3;
 
 struct Api {
   int version;
   void (*linear)(const LinearArgs& args, int threads);
-  void (*decode_attention)(const DecodeAttnArgs& args, int threads);
+  void (*decode_attention)(const DecodeAttnArgs& args, int threads, ParallelRun run);
   // The thread count `fastllm.kernels.cpu.decode_threads` set aside for the kernels; 0 outside it (the
   // caller then uses torch's intra-op count, as the Python launchers do).
   int (*threads)();

@@ -11,11 +11,12 @@
 namespace fastllm::cpu {
 namespace {
 
-// Below this many multiply-adds in all (scores and p * v) a call runs on the caller alone. Inside
-// decode_threads (cores_set_aside) the pool splits smaller calls: GPT-2 W8A8 batch 1, 12 heads at 16-144 keys,
-// 5.97 -> 5.34 ms per token (alternating runs). Outside it torch's OpenMP threads run the GEMMs of a compiled
-// float step around the call, and a woken pool competes with them: GPT-2 fp32 compiled batch 1 13.9 -> 17.2
-// ms per token with 2^14 there.
+// Below this many multiply-adds in all (scores and p * v) per thread a call runs on fewer threads. Inside
+// decode_threads (cores_set_aside), or on the caller's runner, splitting small calls pays: GPT-2 W8A8 batch 1, 12
+// heads at 16-144 keys, 5.97 -> 5.34 ms per token (alternating runs). Otherwise torch's OpenMP threads may be
+// spinning after a torch op and a woken pool competes with them for the cores: GPT-2 fp32 compiled batch 1 13.9
+// -> 17.2 ms per token with 2^14 there; at prompt 512 its attention took 665 us a layer on two pool threads, ~320
+// on one, and 2 x faster again on torch's own threads (ops.cpp passes them as the runner).
 constexpr int64_t kMinWorkPerThread = 1 << 17;
 constexpr int64_t kMinWorkPerThreadSetAside = 1 << 14;
 
@@ -46,23 +47,24 @@ int64_t decode_attention_scratch(const DecodeAttnArgs& a) {
   return kAttnRows * ((a.D + pad - 1) / pad * pad + (a.Dv + pad - 1) / pad * pad + cap) + 4 * cap;
 }
 
-void decode_attention(const DecodeAttnArgs& a, int threads) {
+void decode_attention(const DecodeAttnArgs& a, int threads, ParallelRun run) {
   if (a.B <= 0 || a.Tq <= 0 || a.H <= 0) return;
   const int64_t G = a.H / a.Hkv, groups = (a.Tq * G + kAttnRows - 1) / kAttnRows;
   const int64_t items = a.B * a.Hkv * groups;
   int64_t longest = 0;
   for (int64_t b = 0; b < a.B; ++b) longest = std::max(longest, std::min(a.seqlens[b], attn_key_capacity(a)));
   const int64_t work = a.B * a.Tq * a.H * longest * (a.D + a.Dv);
-  const int64_t min_work = cores_set_aside() ? kMinWorkPerThreadSetAside : kMinWorkPerThread;
+  const int64_t min_work = run != nullptr || cores_set_aside() ? kMinWorkPerThreadSetAside : kMinWorkPerThread;
   const int n = static_cast<int>(
       std::min<int64_t>({std::max(threads, 1), items, std::max<int64_t>(1, work / min_work)}));
   // The pool keeps the size the linear kernels use (resizing it restarts its threads); a thread index
   // of it that finds no item left just returns.
-  const int pool = n <= 1 ? 1 : std::max(threads, 1);
+  const int pool = n <= 1 ? 1 : run != nullptr ? n : std::max(threads, 1);
   const int64_t per = decode_attention_scratch(a);
   std::unique_ptr<float[]> scratch(new float[static_cast<size_t>(per * pool)]);
   Items s{&a, attend_fn(), items, per, scratch.get()};
   if (pool == 1) return run_items(&s, 0);
+  if (run != nullptr) return run(pool, run_items, &s);
   run_on_pool(pool, run_items, &s);
 }
 

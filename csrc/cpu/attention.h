@@ -59,8 +59,14 @@ constexpr int kAttnRows = 8;
 // fp32 scratch one work item needs (the caller gives each thread its own).
 int64_t decode_attention_scratch(const DecodeAttnArgs& args);
 
-// Runs on `threads` threads (the caller and threads - 1 workers of the pool the linear kernels use).
-void decode_attention(const DecodeAttnArgs& args, int threads);
+// Runs task(ctx, i) for i in [0, threads) and returns when all have returned, on threads of the caller's choice.
+using ParallelRun = void (*)(int threads, void (*task)(void* ctx, int index), void* ctx);
+
+// Runs on `threads` threads: the caller and threads - 1 workers of the pool the linear kernels use, or, with
+// `run`, the threads it runs its tasks on (fastllm's torch operators pass torch's intra-op pool there outside
+// decode_threads: its threads spin after each torch op of a compiled step, and woken pool workers would compete
+// with them for the cores).
+void decode_attention(const DecodeAttnArgs& args, int threads, ParallelRun run = nullptr);
 
 // One work item (attention_kernel.h), one copy per instruction set (isa_*.cpp).
 void attend_avx512(const DecodeAttnArgs& args, int64_t item, float* scratch);

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "attention.h"
@@ -34,7 +35,16 @@ struct Case {
   bool biases;
   DType dtype;
   int threads;
+  bool own_threads = false;  // run on the caller's runner (on_threads) instead of the kernels' pool
 };
+
+// A caller's runner for decode_attention (the torch operators pass torch's intra-op threads): one thread a task.
+void on_threads(int n, void (*task)(void* ctx, int index), void* ctx) {
+  std::vector<std::thread> threads;
+  for (int i = 1; i < n; ++i) threads.emplace_back(task, ctx, i);
+  task(ctx, 0);
+  for (auto& t : threads) t.join();
+}
 
 // Largest |o - o_ref| over the outputs of one case (inputs drawn from rng).
 double run_case(const Case& c, std::mt19937& rng) {
@@ -73,7 +83,7 @@ double run_case(const Case& c, std::mt19937& rng) {
   a.rel_bias = c.biases ? rel.data() : nullptr;
   a.rel_len = 5;
   a.o = bf ? static_cast<void*>(o16.data()) : o.data();
-  fastllm::cpu::decode_attention(a, c.threads);
+  fastllm::cpu::decode_attention(a, c.threads, c.own_threads ? on_threads : nullptr);
   double worst = 0;
   const int64_t G = c.H / c.Hkv, ring = c.C - c.sinks;
   for (int64_t b = 0; b < c.B; ++b)
@@ -119,13 +129,14 @@ void test_attention() {
       {2, 3, 6, 3, 17, 17, 23, 9, 2, true, DType::f32, 1},     {2, 4, 4, 1, 20, 12, 31, 16, 3, false, DType::f32, 1},
       {3, 5, 8, 4, 33, 33, 19, 8, 4, true, DType::f32, 1},     {2, 8, 16, 1, 8, 5, 30, 20, 0, false, DType::f32, 1},
   };
-  for (const char* isa : {"avx512", "avx2", "generic"}) {
+  for (const char* isa : {"avx512bf16", "avx512", "avx2", "generic"}) {
     if (!fastllm::cpu::force_isa(isa)) continue;
     for (Case c : shapes)
       for (DType dtype : {DType::f32, DType::bf16})
-        for (int threads : {1, 2, 3}) {
+        for (int threads : {1, 2, 3, -3}) {  // -3: 3 threads of the caller's runner
           c.dtype = dtype;
-          c.threads = threads;
+          c.threads = threads < 0 ? -threads : threads;
+          c.own_threads = threads < 0;
           const double err = run_case(c, rng), tol = dtype == DType::f32 ? 2e-6 : 1.6e-2;  // bf16: output rounding
           if (err > tol)
             std::fprintf(stderr, "%s B=%lld Tq=%lld H=%lld/%lld W=%lld threads=%d: error %g\n", isa,
@@ -143,7 +154,7 @@ void test_attention() {
 void test_mla_paged() {
   std::mt19937 rng(9);
   std::normal_distribution<float> normal;
-  for (const char* isa : {"avx512", "avx2", "generic"}) {
+  for (const char* isa : {"avx512bf16", "avx512", "avx2", "generic"}) {
     if (!fastllm::cpu::force_isa(isa)) continue;
     for (int threads : {1, 3}) {
       const int64_t B = 3, Tq = 2, H = 5, R = 24, Dr = 7, D = R + Dr, page = 16, per_row = 4, pool = B * per_row + 2;

@@ -48,6 +48,16 @@ int threads() {
   return t > 0 ? t : at::get_num_threads();
 }
 
+// Where the attention kernels run their work: outside decode_threads on torch's intra-op threads, which spin after
+// each torch op of a compiled step (the kernels' own pool would compete with them for the cores: attention.h).
+void on_torch_threads(int n, void (*task)(void* ctx, int index), void* ctx) {
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) task(ctx, static_cast<int>(i));
+  });
+}
+
+fastllm::cpu::ParallelRun attention_runner() { return kernels->threads() > 0 ? nullptr : on_torch_threads; }
+
 bool float_cpu(const Tensor& t) {
   return t.device().is_cpu() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
 }
@@ -241,7 +251,7 @@ Tensor swa_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
   a.rel_bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
   a.rel_len = bias.defined() ? bias.size(1) : 0;
   a.o = o.data_ptr();
-  kernels->decode_attention(a, threads());
+  kernels->decode_attention(a, threads(), attention_runner());
   return o;
 }
 
@@ -299,7 +309,7 @@ std::tuple<Tensor, Tensor> mla_decode(const Tensor& q, const Tensor& kv, const T
   }
   a.o = o.data_ptr();
   a.lse = lse.data_ptr<float>();
-  kernels->decode_attention(a, threads());
+  kernels->decode_attention(a, threads(), attention_runner());
   return {o, lse};
 }
 
