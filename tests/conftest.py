@@ -30,7 +30,7 @@ import pytest  # noqa: E402
 from fastllm import _cpu  # noqa: E402
 
 # The instruction sets of fastllm's C++ CPU kernels that this CPU runs (tests parametrize the `isa` fixture with them)
-CPU_ISAS = [isa for isa in ("avx512", "avx2", "generic") if _cpu.force_isa(isa)]
+CPU_ISAS = [isa for isa in ("avx512bf16", "avx512", "avx2", "generic") if _cpu.force_isa(isa)]
 _cpu.force_isa("")
 
 

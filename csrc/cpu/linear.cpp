@@ -38,15 +38,18 @@ Isa isa_table(int i) {
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("fma");
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
 #else
-  const bool avx512 = false, avx2 = false;
+  const bool avx512 = false, avx2 = false, bf16 = false;
 #endif
-  const Isa table[] = {{"avx512", rows_avx512, attend_avx512, avx512},
+  // "avx512bf16" is "avx512" with bf16 x bf16 calls on vdpbf16ps (isa_avx512bf16.cpp).
+  const Isa table[] = {{"avx512bf16", rows_avx512bf16, attend_avx512, bf16},
+                       {"avx512", rows_avx512, attend_avx512, avx512},
                        {"avx2", rows_avx2, attend_avx2, avx2},
                        {"generic", rows_generic, attend_generic, true}};
   return table[i];
 }
-constexpr int kIsas = 3;
+constexpr int kIsas = 4;
 
 int best_isa() {
   for (int i = 0; i < kIsas; ++i)
@@ -61,7 +64,7 @@ std::atomic<int> current_isa{best_isa()};
 RowsFn a8_rows(bool vnni_layout) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   static const bool vnni = __builtin_cpu_supports("avx512vnni");
-  if (vnni && std::strcmp(isa(), "avx512") == 0) return vnni_layout ? rows_vnni_vnni : rows_a8_vnni;
+  if (vnni && std::strncmp(isa(), "avx512", 6) == 0) return vnni_layout ? rows_vnni_vnni : rows_a8_vnni;
   if (vnni_layout && std::strcmp(isa(), "generic") != 0) return rows_vnni_avx2;
 #endif
   return vnni_layout ? rows_vnni_generic : rows_a8_generic;
@@ -162,10 +165,18 @@ void linear(const LinearArgs& a, int threads) {
     quantize_rows(a.x, a.x_dtype, a.M, a.K, a.ldx, K, vnni ? 0 : kA8Offset, xq.data(), sx.data(),
                   vnni ? xsum.data() : nullptr);
   }
+  // bf16 x bf16 on the "avx512bf16" ISA: the activations as bf16 (M, K) contiguous, zero-padded to the packed width.
+  const RowsFn isa_rows = isa_table(current_isa.load()).rows;
+  std::vector<uint16_t> xb;
+  if (!a8 && isa_rows == rows_avx512bf16 && a.w_dtype == DType::bf16 && a.x_dtype == DType::bf16) {
+    xb.assign(static_cast<size_t>(a.M * K), 0);
+    for (int64_t m = 0; m < a.M; ++m)
+      std::memcpy(xb.data() + m * K, static_cast<const uint16_t*>(a.x) + m * a.ldx, static_cast<size_t>(a.K) * 2);
+  }
   // Otherwise the activations as fp32 (M, K) contiguous, zero-padded to the packed width.
   std::vector<float> widened;
   const float* x = static_cast<const float*>(a.x);
-  if (!a8 && (a.x_dtype == DType::bf16 || a.ldx != K || K != a.K)) {
+  if (!a8 && xb.empty() && (a.x_dtype == DType::bf16 || a.ldx != K || K != a.K)) {
     widened.assign(static_cast<size_t>(a.M * K), 0.0f);
     for (int64_t m = 0; m < a.M; ++m) {
       float* dst = widened.data() + m * K;
@@ -184,7 +195,8 @@ void linear(const LinearArgs& a, int threads) {
     job.sx = sx.data();
     job.xsum = vnni ? xsum.data() : nullptr;
   }
-  const RowsFn rows = a8 ? a8_rows(vnni) : isa_table(current_isa.load()).rows;
+  if (!xb.empty()) job.xb = xb.data();
+  const RowsFn rows = a8 ? a8_rows(vnni) : isa_rows;
   // Work items: rows, or tiles of kPackRows (kVnniRows) rows when packed.
   const int64_t tile = vnni ? kVnniRows : kPackRows;
   const int64_t items = packed ? (a.N + tile - 1) / tile : a.N;

@@ -7,9 +7,10 @@
 // the rows of W are split over a pool of threads. Weights stay in the usual nn.Linear layout
 // (N, K), row-major, so the same tensor serves the large-M prefill through torch.
 //
-// One ISA-specific copy of the kernel per instruction set (AVX-512, AVX2 + FMA, portable C++) is picked
-// at run time from the CPU's features; every copy computes the same sums in the same order within a
-// copy, and the copies differ from each other only in the order of the fp32 additions.
+// One ISA-specific copy of the kernel per instruction set (AVX-512, AVX2 + FMA, portable C++; AVX512-BF16
+// dot products for bf16 weights times bf16 activations) is picked at run time from the CPU's features;
+// every copy computes the same sums in the same order within a copy, and the copies differ from each
+// other only in the order of the fp32 additions.
 #pragma once
 
 #include <cstdint>
@@ -54,10 +55,11 @@ struct LinearArgs {
   bool quantize_x = false;
 };
 
-// The instruction set the kernel runs with on this CPU: "avx512", "avx2" or "generic".
+// The instruction set the kernel runs with on this CPU: "avx512bf16" (AVX-512 with bf16 x bf16 calls on
+// vdpbf16ps), "avx512", "avx2" or "generic".
 const char* isa();
 
-// Forces an instruction set (for tests): "avx512", "avx2", "generic", or "" for the best one the CPU
+// Forces an instruction set (for tests): "avx512bf16", "avx512", "avx2", "generic", or "" for the best one the CPU
 // has. Returns false (and changes nothing) when the CPU lacks it.
 bool force_isa(const char* name);
 

@@ -27,11 +27,15 @@ struct Job {
   const uint8_t* xq = nullptr;
   const float* sx = nullptr;
   const int32_t* xsum = nullptr;
+  // bf16 weights times bf16 activations on the "avx512bf16" ISA: the activation rows as bf16 (M, K), zero-padded to
+  // the packed width; x is then unused. Null for every other call.
+  const uint16_t* xb = nullptr;
 };
 
 // Weight rows [n0, n1) (tiles of kPackRows rows when packed) for all M activation rows, one
 // function per instruction set.
 void rows_avx512(const Job& job, int64_t n0, int64_t n1);
+void rows_avx512bf16(const Job& job, int64_t n0, int64_t n1);  // bf16 x bf16 with vdpbf16ps, else rows_avx512
 void rows_avx2(const Job& job, int64_t n0, int64_t n1);
 void rows_generic(const Job& job, int64_t n0, int64_t n1);
 

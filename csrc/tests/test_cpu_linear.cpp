@@ -135,7 +135,7 @@ double run_case(const Case& c, std::mt19937& rng) {
 
 void test_linear() {
   std::mt19937 rng(1234);
-  const char* isas[] = {"avx512", "avx2", "generic"};
+  const char* isas[] = {"avx512bf16", "avx512", "avx2", "generic"};
   int tested = 0;
   for (const char* isa : isas) {
     if (!fastllm::cpu::force_isa(isa)) continue;
@@ -211,7 +211,7 @@ void test_pool() {
 void test_a8() {
   std::mt19937 rng(11);
   std::normal_distribution<float> normal;
-  for (const char* isa : {"avx512", "avx2", "generic"}) {
+  for (const char* isa : {"avx512bf16", "avx512", "avx2", "generic"}) {
     if (!fastllm::cpu::force_isa(isa)) continue;
     for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 19}, {203, 130}, {9, 64}, {1, 1}, {70, 257}, {130, 768}})
       for (int64_t M : {1, 2, 3, 4, 5, 8, 11, 16})

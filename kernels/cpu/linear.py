@@ -55,7 +55,8 @@ def decode_threads():
 
 
 def isa() -> str:
-    """The instruction set the kernel uses on this CPU: 'avx512', 'avx2' or 'generic'."""
+    """The instruction set the kernel uses on this CPU: 'avx512bf16' (AVX-512, bf16 x bf16 on vdpbf16ps), 'avx512',
+    'avx2' or 'generic'."""
     return _cpu.isa()
 
 

@@ -1,0 +1,222 @@
+// The small-M linear kernel for bf16 weights and bf16 activations on CPUs with AVX512-BF16: one vdpbf16ps
+// multiplies 32 weights by 32 activations and adds the products in pairs into 16 fp32 sums. The AVX-512 kernel
+// (linear_kernel.h) widens every weight to fp32 first (a zero-extension, a shift and an FMA per 16 weights), which
+// held a bf16 weight stream at 15-19 GB/s where fp32 weights streamed at 28 (2 cores, DRAM-bound loop over 400 MB
+// of weights); here a weight vector costs one load and one instruction per activation row.
+//
+// The sums: products of two bf16 values are exact in fp32 and are accumulated in fp32, in another order than the
+// other copies (two products per lane and step, then the lanes); the instruction flushes denormal inputs and
+// outputs to zero (bf16 denormals are below 1.2e-38). Only this file's functions carry the ISA; linear.cpp calls
+// them only on CPUs that have it, for bf16 x bf16 calls, and every other call of the "avx512bf16" ISA goes to
+// the AVX-512 copy.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"  // GCC bug 105593, as in isa_avx512.cpp
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "linear_job.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16"))), \
+                             apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+#endif
+
+namespace fastllm::cpu::bf16dp {
+
+#define UNROLL _Pragma("GCC unroll 16")
+
+constexpr int kLanes = 32;  // bf16 values per vector
+
+inline __m512bh load(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+inline __m512bh load(const uint16_t* p, __mmask32 k) { return (__m512bh)_mm512_maskz_loadu_epi16(k, p); }
+
+inline float widen(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t narrow(float f) {  // round to nearest even, NaN stays NaN (bf16.h's to_bf16)
+  uint32_t bits;
+  __builtin_memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// y[m0 + b, n + r] = dot[b * R + r] + bias[n + r] for r < rows, in the output dtype (linear_kernel.h's
+// store_tile with a scale of 1).
+template <int B, int R>
+inline void store(const Job& j, int64_t m0, int64_t n, const float* dot, int rows = R) {
+  for (int r = 0; r < rows; ++r) {
+    float bias = 0.0f;
+    if (j.bias != nullptr)
+      bias = j.y_dtype == DType::f32 ? static_cast<const float*>(j.bias)[n + r]
+                                     : widen(static_cast<const uint16_t*>(j.bias)[n + r]);
+    for (int b = 0; b < B; ++b) {
+      const float v = dot[b * R + r] + bias;
+      const int64_t at = (m0 + b) * j.ldy + n + r;
+      if (j.y_dtype == DType::f32)
+        static_cast<float*>(j.y)[at] = v;
+      else
+        static_cast<uint16_t*>(j.y)[at] = narrow(v);
+    }
+  }
+}
+
+// ---- nn.Linear's (N, K) layout ----
+
+// dot[b * R + r] = sum_k x[b, k] w[r, k]: B activation rows against R weight rows, 32 columns a step, the
+// last step masked (both operands read as zeros past K).
+template <int B, int R>
+inline void dot_rows(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_t K, float* dot) {
+  __m512 acc[B][R];
+  UNROLL for (int b = 0; b < B; ++b) UNROLL for (int r = 0; r < R; ++r) acc[b][r] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + kLanes <= K; k += kLanes) {
+    __m512bh wv[R];
+    UNROLL for (int r = 0; r < R; ++r) wv[r] = load(w + r * ldw + k);
+    UNROLL for (int b = 0; b < B; ++b) {
+      const __m512bh xv = load(x + b * ldx + k);
+      UNROLL for (int r = 0; r < R; ++r) acc[b][r] = _mm512_dpbf16_ps(acc[b][r], xv, wv[r]);
+    }
+  }
+  if (k < K) {
+    const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << (K - k)) - 1);
+    __m512bh wv[R];
+    UNROLL for (int r = 0; r < R; ++r) wv[r] = load(w + r * ldw + k, m);
+    UNROLL for (int b = 0; b < B; ++b) {
+      const __m512bh xv = load(x + b * ldx + k, m);
+      UNROLL for (int r = 0; r < R; ++r) acc[b][r] = _mm512_dpbf16_ps(acc[b][r], xv, wv[r]);
+    }
+  }
+  UNROLL for (int b = 0; b < B; ++b) UNROLL for (int r = 0; r < R; ++r) dot[b * R + r] = _mm512_reduce_add_ps(acc[b][r]);
+}
+
+// Weight rows per tile for B activation rows: B * R accumulators, R weights and one activation vector within the
+// 32 registers (linear_kernel.h's rows_for).
+constexpr int rows_for(int b) { return b <= 2 ? 8 : b == 3 ? 6 : b <= 5 ? 4 : b <= 7 ? 3 : 2; }
+
+// Activation rows [m0, m0 + B) times weight rows [n0, n1): tiles of R rows, then single rows.
+template <int B>
+inline void rows_b(const Job& j, int64_t m0, int64_t n0, int64_t n1) {
+  constexpr int R = rows_for(B);
+  const uint16_t* w = static_cast<const uint16_t*>(j.w);
+  const uint16_t* x = j.xb + m0 * j.K;
+  float dot[B * R];
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) {
+    dot_rows<B, R>(x, j.K, w + n * j.ldw, j.ldw, j.K, dot);
+    store<B, R>(j, m0, n, dot);
+  }
+  for (; n < n1; ++n) {
+    dot_rows<B, 1>(x, j.K, w + n * j.ldw, j.ldw, j.K, dot);
+    store<B, 1>(j, m0, n, dot);
+  }
+}
+
+inline void rows_chunk(const Job& j, int64_t m0, int64_t n0, int64_t n1) {
+  switch (j.M - m0 < 8 ? j.M - m0 : 8) {
+    case 1: return rows_b<1>(j, m0, n0, n1);
+    case 2: return rows_b<2>(j, m0, n0, n1);
+    case 3: return rows_b<3>(j, m0, n0, n1);
+    case 4: return rows_b<4>(j, m0, n0, n1);
+    case 5: return rows_b<5>(j, m0, n0, n1);
+    case 6: return rows_b<6>(j, m0, n0, n1);
+    case 7: return rows_b<7>(j, m0, n0, n1);
+    default: return rows_b<8>(j, m0, n0, n1);
+  }
+}
+
+// All M activation rows times weight rows [n0, n1); past 8 rows, blocks of weight rows that stay in L2 while
+// every chunk of 8 activation rows passes over them.
+inline void rows(const Job& j, int64_t n0, int64_t n1) {
+  if (j.M <= 8) return rows_chunk(j, 0, n0, n1);
+  constexpr int64_t kBlock = 32;
+  for (int64_t nb = n0; nb < n1; nb += kBlock) {
+    const int64_t ne = nb + kBlock < n1 ? nb + kBlock : n1;
+    for (int64_t m0 = 0; m0 < j.M; m0 += 8) rows_chunk(j, m0, nb, ne);
+  }
+}
+
+// ---- packed tiles (linear.h: blocks of kPackRows rows x kPackCols columns, K padded with zeros) ----
+
+// B activation rows (zero-padded to K, as the weights are) against T consecutive tiles read side by side:
+// B * T * 8 accumulators; dot[(i * B + b) * 8 + r] for tile i. One row reads 3 tiles at once: three streams
+// of weights in flight where one ran at ~11 GB/s a core (GPT-2's shapes from DRAM on 2 cores: 21 -> 24 GB/s).
+template <int B, int T>
+inline void packed_tiles(const uint16_t* x, int64_t ldx, const uint16_t* tile, int64_t stride, int64_t blocks,
+                         float* dot) {
+  constexpr int R = kPackRows;
+  __m512 acc[T][B][R];
+  UNROLL for (int i = 0; i < T; ++i) UNROLL for (int b = 0; b < B; ++b) UNROLL for (int r = 0; r < R; ++r)
+    acc[i][b][r] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < blocks; ++c) {
+    UNROLL for (int u = 0; u < kPackCols / kLanes; ++u) {
+      __m512bh xv[B];
+      UNROLL for (int b = 0; b < B; ++b) xv[b] = load(x + b * ldx + c * kPackCols + u * kLanes);
+      UNROLL for (int i = 0; i < T; ++i) UNROLL for (int r = 0; r < R; ++r) {
+        const __m512bh wv = load(tile + i * stride + c * (R * kPackCols) + r * kPackCols + u * kLanes);
+        UNROLL for (int b = 0; b < B; ++b) acc[i][b][r] = _mm512_dpbf16_ps(acc[i][b][r], xv[b], wv);
+      }
+    }
+  }
+  UNROLL for (int i = 0; i < T; ++i) UNROLL for (int b = 0; b < B; ++b) UNROLL for (int r = 0; r < R; ++r)
+    dot[(i * B + b) * R + r] = _mm512_reduce_add_ps(acc[i][b][r]);
+}
+
+// Activation rows [m0, m0 + B) against tiles [t, t + T).
+template <int B, int T>
+inline void packed_pass(const Job& j, int64_t m0, int64_t t) {
+  constexpr int R = kPackRows;
+  float dot[T * B * R];
+  const int64_t stride = R * j.K;
+  packed_tiles<B, T>(j.xb + m0 * j.K, j.K, static_cast<const uint16_t*>(j.w) + t * stride, stride, j.K / kPackCols, dot);
+  for (int i = 0; i < T; ++i) {
+    const int64_t n = (t + i) * R;
+    store<B, R>(j, m0, n, dot + i * B * R, static_cast<int>(j.N - n < R ? j.N - n : R));
+  }
+}
+
+// Tiles [t0, t1) for all M activation rows: one row 3 tiles at a time, more rows 3 at a time per tile (the tile
+// is in L1/L2 for the passes after the first).
+inline void rows_packed(const Job& j, int64_t t0, int64_t t1) {
+  int64_t t = t0;
+  if (j.M == 1)
+    for (; t + 3 <= t1; t += 3) packed_pass<1, 3>(j, 0, t);
+  for (; t < t1; ++t) {
+    for (int64_t m0 = 0; m0 < j.M; m0 += 3) {
+      switch (j.M - m0 < 3 ? j.M - m0 : 3) {
+        case 1: packed_pass<1, 1>(j, m0, t); break;
+        case 2: packed_pass<2, 1>(j, m0, t); break;
+        default: packed_pass<3, 1>(j, m0, t); break;
+      }
+    }
+  }
+}
+
+}  // namespace fastllm::cpu::bf16dp
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+void fastllm::cpu::rows_avx512bf16(const Job& job, int64_t n0, int64_t n1) {
+  if (job.xb == nullptr) return rows_avx512(job, n0, n1);  // not a bf16 x bf16 call
+  if (job.packed) return bf16dp::rows_packed(job, n0, n1);
+  bf16dp::rows(job, n0, n1);
+}
+#else
+// never called: isa() is never "avx512bf16"
+void fastllm::cpu::rows_avx512bf16(const Job&, int64_t, int64_t) {}
+#endif
