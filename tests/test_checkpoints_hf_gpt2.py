@@ -1,5 +1,6 @@
 """Hugging Face GPT-2 checkpoints (`save_pretrained`) against transformers itself: logits and greedy generation."""
 
+import copy
 import json
 
 import pytest
@@ -31,6 +32,16 @@ def hf_model(**kw):
 
 
 @torch.no_grad()
+def assert_logits_match(model, hf, ids):
+    """fastllm's fp32 logits against transformers' in fp64: within twice the error of transformers' own fp32 forward
+    (two fp32 implementations differ by a few ulps of the logits, ~1e-5 at gpt2-medium's width on some CPUs)."""
+    want = copy.deepcopy(hf).double()(ids).logits
+    ours = (model(ids).double() - want).abs().max().item()
+    theirs = (hf(ids).logits.double() - want).abs().max().item()
+    assert ours <= 2 * theirs + 1e-6, (ours, theirs)
+
+
+@torch.no_grad()
 def greedy_cached(model, ids, n):
     cache = model.new_cache(ids.shape[0], ids.shape[1] + n)
     out = [model(ids, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)]
@@ -46,9 +57,7 @@ def test_save_pretrained_safetensors(tmp_path):
     model, tok = fastllm.load(tmp_path)
     assert model.config.tie_embeddings and model.config.mlp == "gelu_tanh" and model.config.n_head == 4
     ids = torch.randint(0, 211, (2, 17))
-    with torch.no_grad():
-        diff = (model(ids) - hf(ids).logits).abs().max().item()
-    assert diff <= 1e-5, diff
+    assert_logits_match(model, hf, ids)
     prompt = ids[:1, :6]
     want = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=32)
     assert greedy_cached(model, prompt, 32).tolist() == want.tolist()
@@ -75,8 +84,7 @@ def test_pytorch_model_bin_with_old_buffers_and_untied_head(tmp_path):
     model, _ = fastllm.load(tmp_path)
     assert not model.config.tie_embeddings and model.config.mlp == "gelu" and model.config.norm_eps == 1e-6
     ids = torch.randint(0, 101, (3, 11))
-    with torch.no_grad():
-        assert (model(ids) - hf(ids).logits).abs().max().item() <= 1e-5
+    assert_logits_match(model, hf, ids)
 
 
 def test_gpt2_medium_shapes(tmp_path):
@@ -88,8 +96,7 @@ def test_gpt2_medium_shapes(tmp_path):
     model, _ = fastllm.load(tmp_path)
     assert model.config == fastllm.ModelConfig.from_name("gpt2-medium", n_layer=1)
     ids = torch.randint(0, 50257, (1, 9))
-    with torch.no_grad():
-        assert (model(ids) - hf(ids).logits).abs().max().item() <= 1e-5
+    assert_logits_match(model, hf, ids)
 
 
 def test_dtype_and_native_roundtrip(tmp_path):
