@@ -7,8 +7,8 @@
 // The sums: products of two bf16 values are exact in fp32 and are accumulated in fp32, in another order than the
 // other copies (two products per lane and step, then the lanes); the instruction flushes denormal inputs and
 // outputs to zero (bf16 denormals are below 1.2e-38). Only this file's functions carry the ISA; linear.cpp calls
-// them only on CPUs that have it, for bf16 x bf16 calls, and every other call of the "avx512bf16" ISA goes to
-// the AVX-512 copy.
+// them only on CPUs that have it, for bf16 x bf16 calls of fewer than 4 activation rows,
+// and every other call of the "avx512bf16" ISA goes to the AVX-512 copy.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC bug 105593, as in isa_avx512.cpp
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -103,48 +103,30 @@ inline void dot_rows(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t 
 
 // Weight rows per tile for B activation rows: B * R accumulators, R weights and one activation vector within the
 // 32 registers (linear_kernel.h's rows_for).
-constexpr int rows_for(int b) { return b <= 2 ? 8 : b == 3 ? 6 : b <= 5 ? 4 : b <= 7 ? 3 : 2; }
+constexpr int rows_for(int b) { return b <= 2 ? 8 : 6; }
 
-// Activation rows [m0, m0 + B) times weight rows [n0, n1): tiles of R rows, then single rows.
+// Activation rows [0, B) times weight rows [n0, n1): tiles of R rows, then single rows.
 template <int B>
-inline void rows_b(const Job& j, int64_t m0, int64_t n0, int64_t n1) {
+inline void rows_b(const Job& j, int64_t n0, int64_t n1) {
   constexpr int R = rows_for(B);
   const uint16_t* w = static_cast<const uint16_t*>(j.w);
-  const uint16_t* x = j.xb + m0 * j.K;
   float dot[B * R];
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
-    dot_rows<B, R>(x, j.K, w + n * j.ldw, j.ldw, j.K, dot);
-    store<B, R>(j, m0, n, dot);
+    dot_rows<B, R>(j.xb, j.K, w + n * j.ldw, j.ldw, j.K, dot);
+    store<B, R>(j, 0, n, dot);
   }
   for (; n < n1; ++n) {
-    dot_rows<B, 1>(x, j.K, w + n * j.ldw, j.ldw, j.K, dot);
-    store<B, 1>(j, m0, n, dot);
+    dot_rows<B, 1>(j.xb, j.K, w + n * j.ldw, j.ldw, j.K, dot);
+    store<B, 1>(j, 0, n, dot);
   }
 }
 
-inline void rows_chunk(const Job& j, int64_t m0, int64_t n0, int64_t n1) {
-  switch (j.M - m0 < 8 ? j.M - m0 : 8) {
-    case 1: return rows_b<1>(j, m0, n0, n1);
-    case 2: return rows_b<2>(j, m0, n0, n1);
-    case 3: return rows_b<3>(j, m0, n0, n1);
-    case 4: return rows_b<4>(j, m0, n0, n1);
-    case 5: return rows_b<5>(j, m0, n0, n1);
-    case 6: return rows_b<6>(j, m0, n0, n1);
-    case 7: return rows_b<7>(j, m0, n0, n1);
-    default: return rows_b<8>(j, m0, n0, n1);
-  }
-}
-
-// All M activation rows times weight rows [n0, n1); past 8 rows, blocks of weight rows that stay in L2 while
-// every chunk of 8 activation rows passes over them.
+// All M (<= 3: linear.cpp) activation rows times weight rows [n0, n1).
 inline void rows(const Job& j, int64_t n0, int64_t n1) {
-  if (j.M <= 8) return rows_chunk(j, 0, n0, n1);
-  constexpr int64_t kBlock = 32;
-  for (int64_t nb = n0; nb < n1; nb += kBlock) {
-    const int64_t ne = nb + kBlock < n1 ? nb + kBlock : n1;
-    for (int64_t m0 = 0; m0 < j.M; m0 += 8) rows_chunk(j, m0, nb, ne);
-  }
+  if (j.M == 1) return rows_b<1>(j, n0, n1);
+  if (j.M == 2) return rows_b<2>(j, n0, n1);
+  rows_b<3>(j, n0, n1);
 }
 
 // ---- packed tiles (linear.h: blocks of kPackRows rows x kPackCols columns, K padded with zeros) ----
@@ -186,20 +168,16 @@ inline void packed_pass(const Job& j, int64_t m0, int64_t t) {
   }
 }
 
-// Tiles [t0, t1) for all M activation rows: one row 3 tiles at a time, more rows 3 at a time per tile (the tile
-// is in L1/L2 for the passes after the first).
+// Tiles [t0, t1) for all M (<= 3: linear.cpp) activation rows: one row 3 tiles at a time, more rows one tile at a
+// time.
 inline void rows_packed(const Job& j, int64_t t0, int64_t t1) {
   int64_t t = t0;
   if (j.M == 1)
     for (; t + 3 <= t1; t += 3) packed_pass<1, 3>(j, 0, t);
   for (; t < t1; ++t) {
-    for (int64_t m0 = 0; m0 < j.M; m0 += 3) {
-      switch (j.M - m0 < 3 ? j.M - m0 : 3) {
-        case 1: packed_pass<1, 1>(j, m0, t); break;
-        case 2: packed_pass<2, 1>(j, m0, t); break;
-        default: packed_pass<3, 1>(j, m0, t); break;
-      }
-    }
+    if (j.M == 1) packed_pass<1, 1>(j, 0, t);
+    else if (j.M == 2) packed_pass<2, 1>(j, 0, t);
+    else packed_pass<3, 1>(j, 0, t);
   }
 }
 
