@@ -37,40 +37,7 @@ constexpr int kLanes = 32;  // bf16 values per vector
 inline __m512bh load(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
 inline __m512bh load(const uint16_t* p, __mmask32 k) { return (__m512bh)_mm512_maskz_loadu_epi16(k, p); }
 
-inline float widen(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  __builtin_memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t narrow(float f) {  // round to nearest even, NaN stays NaN (bf16.h's to_bf16)
-  uint32_t bits;
-  __builtin_memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-// y[m0 + b, n + r] = dot[b * R + r] + bias[n + r] for r < rows, in the output dtype (linear_kernel.h's
-// store_tile with a scale of 1).
-template <int B, int R>
-inline void store(const Job& j, int64_t m0, int64_t n, const float* dot, int rows = R) {
-  for (int r = 0; r < rows; ++r) {
-    float bias = 0.0f;
-    if (j.bias != nullptr)
-      bias = j.y_dtype == DType::f32 ? static_cast<const float*>(j.bias)[n + r]
-                                     : widen(static_cast<const uint16_t*>(j.bias)[n + r]);
-    for (int b = 0; b < B; ++b) {
-      const float v = dot[b * R + r] + bias;
-      const int64_t at = (m0 + b) * j.ldy + n + r;
-      if (j.y_dtype == DType::f32)
-        static_cast<float*>(j.y)[at] = v;
-      else
-        static_cast<uint16_t*>(j.y)[at] = narrow(v);
-    }
-  }
-}
+#include "linear_store.h"
 
 // ---- nn.Linear's (N, K) layout ----
 
@@ -114,11 +81,11 @@ inline void rows_b(const Job& j, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + R <= n1; n += R) {
     dot_rows<B, R>(j.xb, j.K, w + n * j.ldw, j.ldw, j.K, dot);
-    store<B, R>(j, 0, n, dot);
+    store_tile<B, R>(j, 0, n, dot);
   }
   for (; n < n1; ++n) {
     dot_rows<B, 1>(j.xb, j.K, w + n * j.ldw, j.ldw, j.K, dot);
-    store<B, 1>(j, 0, n, dot);
+    store_tile<B, 1>(j, 0, n, dot);
   }
 }
 
@@ -164,7 +131,7 @@ inline void packed_pass(const Job& j, int64_t m0, int64_t t) {
   packed_tiles<B, T>(j.xb + m0 * j.K, j.K, static_cast<const uint16_t*>(j.w) + t * stride, stride, j.K / kPackCols, dot);
   for (int i = 0; i < T; ++i) {
     const int64_t n = (t + i) * R;
-    store<B, R>(j, m0, n, dot + i * B * R, static_cast<int>(j.N - n < R ? j.N - n : R));
+    store_tile<B, R>(j, m0, n, dot + i * B * R, static_cast<int>(j.N - n < R ? j.N - n : R));
   }
 }
 

@@ -1,8 +1,8 @@
 // The body of the small-M linear kernel, written once over a vector type V and included by one .cpp
 // per instruction set (isa_avx512.cpp, isa_avx2.cpp, isa_generic.cpp), each of which defines
 // V and compiles this file for its ISA inside its own namespace. Include only after V is defined and
-// only inside that namespace; this header includes nothing (the ISA files include what it needs first,
-// so no standard-library template is instantiated with ISA-specific code).
+// only inside that namespace; this header includes nothing but linear_store.h, which includes nothing (the ISA
+// files include what they need first, so no standard-library template is instantiated with ISA-specific code).
 //
 // V provides: reg (a vector of V::L floats), zero(), load(p) for p = const float* | const uint16_t*
 // (bf16 bits) | const int8_t*, each widened to fp32, fma(a, b, c) = a * b + c, hsum(a).
@@ -15,6 +15,8 @@
 // 3 x 8 tile lived on the stack (every multiply-add stored its result back: measured with objdump).
 #define FASTLLM_UNROLL _Pragma("GCC unroll 16")
 
+#include "linear_store.h"  // bf16 <-> fp32, store_tile
+
 // Activation rows per tile and weight rows per tile for B activation rows, keeping B * R accumulators
 // plus R weight and one activation register within the register file (32 vector registers for
 // AVX-512, 16 for AVX2).
@@ -23,21 +25,6 @@ constexpr int kMaxB = V::kRegs >= 32 ? 8 : 4;
 constexpr int rows_for(int b) {
   return V::kRegs >= 32 ? (b == 1 ? 8 : b == 2 ? 8 : b == 3 ? 6 : b <= 5 ? 4 : b <= 7 ? 3 : 2)
                         : (b <= 2 ? 4 : b == 3 ? 3 : 2);
-}
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  __builtin_memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t f32_to_bf16(float f) {  // round to nearest even, NaN stays NaN
-  uint32_t bits;
-  __builtin_memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
 }
 
 // acc[b][r] = sum_k x[b, k] * w[r, k] over all K columns; the last partial vector of columns goes
@@ -73,26 +60,6 @@ inline void tile_dot(const float* x, int64_t ldx, const WT* w, int64_t ldw, int6
   }
   for (int b = 0; b < B; ++b)
     for (int r = 0; r < R; ++r) out[b * R + r] = V::hsum(acc[b][r]);
-}
-
-// y[m0 + b, n + r] = dot * scale[n + r] + bias[n + r], stored in the output dtype.
-template <int B, int R>
-inline void store_tile(const Job& j, int64_t m0, int64_t n, const float* dot, int rows = R) {
-  for (int r = 0; r < rows; ++r) {
-    const float s = j.w_dtype == DType::i8 ? j.scale[n + r] : 1.0f;
-    float bias = 0.0f;
-    if (j.bias != nullptr)
-      bias = j.y_dtype == DType::f32 ? static_cast<const float*>(j.bias)[n + r]
-                                     : bf16_to_f32(static_cast<const uint16_t*>(j.bias)[n + r]);
-    for (int b = 0; b < B; ++b) {
-      const float v = dot[b * R + r] * s + bias;
-      const int64_t at = (m0 + b) * j.ldy + n + r;
-      if (j.y_dtype == DType::f32)
-        static_cast<float*>(j.y)[at] = v;
-      else
-        static_cast<uint16_t*>(j.y)[at] = f32_to_bf16(v);
-    }
-  }
 }
 
 // Activation rows [m0, m0 + B) times weight rows [n0, n1): tiles of R rows, then single rows.
