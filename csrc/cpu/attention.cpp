@@ -16,7 +16,9 @@ namespace {
 // heads at 16-144 keys, 5.97 -> 5.34 ms per token (alternating runs). Otherwise torch's OpenMP threads may be
 // spinning after a torch op and a woken pool competes with them for the cores: GPT-2 fp32 compiled batch 1 13.9
 // -> 17.2 ms per token with 2^14 there; at prompt 512 its attention took 665 us a layer on two pool threads, ~320
-// on one, and 2 x faster again on torch's own threads (ops.cpp passes them as the runner).
+// on one and ~330 on two of torch's own threads (ops.cpp passes them as the runner: no worse than one thread in
+// the model at 600-880 keys; two uncontested threads, the pool's inside decode_threads, ran 600-8000 keys alone at
+// 1.8-1.9x one thread's speed).
 constexpr int64_t kMinWorkPerThread = 1 << 17;
 constexpr int64_t kMinWorkPerThreadSetAside = 1 << 14;
 

@@ -174,7 +174,7 @@ void linear(const LinearArgs& a, int threads) {
   if (!a8 && isa_rows == rows_avx512bf16 && a.w_dtype == DType::bf16 && a.x_dtype == DType::bf16 && a.M < 4) {
     xb.assign(static_cast<size_t>(a.M * K), 0);
     for (int64_t m = 0; m < a.M; ++m)
-      std::memcpy(xb.data() + m * K, static_cast<const uint16_t*>(a.x) + m * a.ldx, static_cast<size_t>(a.K) * 2);
+      std::memcpy(xb.data() + m * K, static_cast<const uint16_t*>(a.x) + m * a.ldx, static_cast<size_t>(a.K) * sizeof(uint16_t));
   }
   // Otherwise the activations as fp32 (M, K) contiguous, zero-padded to the packed width.
   std::vector<float> widened;
