@@ -1,6 +1,6 @@
 // Reading a Hugging Face tokenizer.json with a byte-level BPE model: one strict-JSON pass over the mapped
 // file decodes model.vocab and model.merges (the bulk of it) and leaves the rest as JSON text for
-// fastllm/_tokenizer_json.py to check; CoreBPE::from_tokenizer_json then resolves the merges.
+// fastllm/_tokenizer_json.py to check (bpe_from_json.cpp then resolves the merges; json_cursor.h is the JSON).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -12,48 +12,21 @@
 #include <unistd.h>
 
 #include "bpe.h"
-#include "bpe_backtrack.h"  // complete types for CoreBPE's members (from_tokenizer_json builds one)
-#include "hash.h"
+#include "json_cursor.h"
 #include "vocab_io.h"
 
 namespace fastllm {
 
 namespace {
 
-// The length of the valid UTF-8 sequence at p (lead byte >= 0x80, `avail` bytes readable), or 0: no
-// overlong forms, surrogates or code points past U+10FFFF, as Python's decoder.
-size_t utf8_len(const char* p, size_t avail) {
-  auto b = [p](size_t k) { return static_cast<unsigned char>(p[k]); };
-  auto cont = [&](size_t k) { return k < avail && (b(k) & 0xC0) == 0x80; };
-  unsigned char c = b(0);
-  if (c >= 0xC2 && c <= 0xDF) return cont(1) ? 2 : 0;
-  if (c >= 0xE0 && c <= 0xEF) {
-    if (!cont(1) || !cont(2) || (c == 0xE0 && b(1) < 0xA0) || (c == 0xED && b(1) >= 0xA0)) return 0;
-    return 3;
-  }
-  if (c >= 0xF0 && c <= 0xF4) {
-    if (!cont(1) || !cont(2) || !cont(3) || (c == 0xF0 && b(1) < 0x90) || (c == 0xF4 && b(1) >= 0x90)) return 0;
-    return 4;
-  }
-  return 0;
-}
-
-uint32_t utf8_decode(const char* p, size_t len) {
-  auto b = [p](size_t k) { return static_cast<uint32_t>(static_cast<unsigned char>(p[k])); };
-  if (len == 2) return ((b(0) & 0x1F) << 6) | (b(1) & 0x3F);
-  if (len == 3) return ((b(0) & 0x0F) << 12) | ((b(1) & 0x3F) << 6) | (b(2) & 0x3F);
-  return ((b(0) & 0x07) << 18) | ((b(1) & 0x3F) << 12) | ((b(2) & 0x3F) << 6) | (b(3) & 0x3F);
-}
-
 int bytelevel_byte(uint32_t cp) { return cp < 512 ? kAlphabet.from_cp[cp] : -1; }
 
 // One pass over the document: validates all of it as strict JSON, decodes the top-level model's vocab
 // and merges, and notes where they lie so that `rest` can leave them out. About 1 GB/s: the hot loops
 // keep their position in locals (a store through char* would make the compiler reload members).
-class TokenizerJsonReader {
+class TokenizerJsonReader : JsonCursor {
  public:
-  TokenizerJsonReader(const std::string& path, std::string_view text)
-      : path_(path), s_(text), end_(text.data() + text.size()) {}
+  TokenizerJsonReader(const std::string& path, std::string_view text) : JsonCursor(path, text) {}
 
   TokenizerJson read() {
     if (s_.size() >= TokenizerJson::Merge::kList) throw BpeError(path_ + ": the file is 2 GB or larger");
@@ -81,128 +54,7 @@ class TokenizerJsonReader {
 
  private:
   using Problem = TokenizerJson::Problem;
-  static constexpr int kMaxDepth = 128;  // below Python's recursion limit, which json.loads of `rest` meets
 
-  // ---- errors and position ----
-  size_t line_of(size_t at, size_t* line_start = nullptr) const {
-    size_t line = 1, start = 0;
-    for (size_t k = 0; k < at && k < s_.size(); ++k)
-      if (s_[k] == '\n') ++line, start = k + 1;
-    if (line_start) *line_start = start;
-    return line;
-  }
-  [[noreturn]] void error(const std::string& what) const {
-    size_t start, line = line_of(i_, &start);
-    throw BpeError(path_ + ": not valid JSON (line " + std::to_string(line) + " column " +
-                   std::to_string(i_ - start + 1) + ": " + (i_ >= s_.size() ? "unexpected end of file" : what) + ")");
-  }
-  [[noreturn]] void twice(const char* key, const char* where) const {
-    throw BpeError(path_ + ": line " + std::to_string(line_of(i_)) + ": \"" + key + "\" appears twice in " + where);
-  }
-  const char* at() const { return s_.data() + i_; }
-  void seek(const char* p) { i_ = static_cast<size_t>(p - s_.data()); }
-  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
-  static bool is_ws(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
-  void skip_ws() { seek(skip_ws(at())); }
-  const char* skip_ws(const char* p) const {
-    while (p < end_ && is_ws(*p)) {
-      ++p;
-      while (end_ - p >= 8 && load8(p) == 0x2020202020202020ull) p += 8;  // indentation, 8 spaces at a time
-    }
-    return p;
-  }
-  static uint64_t load8(const char* p) {
-    uint64_t w;
-    std::memcpy(&w, p, 8);
-    return w;
-  }
-  void expect(char c) {
-    if (peek() != c) error(std::string("expected '") + c + "'");
-    ++i_;
-  }
-  // After an element of an object or array: true if another follows (then at its first character).
-  bool next(char close) {
-    skip_ws();
-    if (peek() == ',') {
-      ++i_;
-      skip_ws();
-      return true;
-    }
-    if (peek() != close) error(std::string("expected ',' or '") + close + "'");
-    ++i_;
-    return false;
-  }
-
-  // ---- strings ----
-  uint32_t hex4() {
-    if (i_ + 4 > s_.size()) error("truncated \\u escape");
-    uint32_t v = 0;
-    for (int k = 0; k < 4; ++k) {
-      char c = s_[i_];
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-      if (d < 0) error("bad \\u escape");
-      v = v * 16 + static_cast<uint32_t>(d);
-      ++i_;
-    }
-    return v;
-  }
-  // The code point of the character at i_, inside a string and not its closing quote; advances past it.
-  // A lone surrogate escape stands for itself, as in Python.
-  uint32_t one_char() {
-    if (i_ >= s_.size()) error("unterminated string");
-    auto c = static_cast<unsigned char>(s_[i_]);
-    if (c >= 0x80) {
-      size_t len = utf8_len(at(), s_.size() - i_);
-      if (len == 0) error("invalid UTF-8");
-      i_ += len;
-      return utf8_decode(at() - len, len);
-    }
-    if (c < 0x20) error("a control character in a string");
-    ++i_;
-    if (c != '\\') return c;
-    if (i_ >= s_.size()) error("unterminated string");
-    switch (s_[i_++]) {
-      case '"': return '"';
-      case '\\': return '\\';
-      case '/': return '/';
-      case 'b': return '\b';
-      case 'f': return '\f';
-      case 'n': return '\n';
-      case 'r': return '\r';
-      case 't': return '\t';
-      case 'u': break;
-      default: --i_, error("bad escape");
-    }
-    uint32_t cp = hex4();
-    if (cp >= 0xD800 && cp < 0xDC00 && s_.compare(i_, 2, "\\u") == 0) {
-      size_t back = i_;
-      i_ += 2;
-      uint32_t low = hex4();
-      if (low >= 0xDC00 && low < 0xE000) return 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
-      i_ = back;
-    }
-    return cp;
-  }
-  // At the opening quote: calls on_char(code point) for each character; leaves i_ after the string.
-  template <typename OnChar>
-  void string(OnChar on_char) {
-    ++i_;
-    while (true) {
-      const char* p = at();  // runs of plain ASCII first
-      while (p < end_ && static_cast<unsigned char>(*p) >= 0x20 && *p != '"' && *p != '\\' &&
-             static_cast<unsigned char>(*p) < 0x80)
-        on_char(static_cast<unsigned char>(*p++));
-      seek(p);
-      if (p < end_ && *p == '"') {
-        ++i_;
-        return;
-      }
-      on_char(one_char());
-    }
-  }
-  void skip_string() {
-    string([](uint32_t) {});
-  }
   // A string of GPT-2 byte-level characters at i_ (its opening quote), written as the bytes they stand
   // for at dst; returns the new end. A character outside the alphabet clears `ok` and writes nothing;
   // with kSplit, a space (the separator of "left right") writes nothing and sets *split to dst.
@@ -311,85 +163,6 @@ class TokenizerJsonReader {
     if (p == end_ || *p != '"' || !(p = fast_string<false>(p, *split, dst_end))) return nullptr;
     p = skip_ws(p);
     return p < end_ && *p == ']' ? p + 1 : nullptr;
-  }
-
-  std::string key_text() {  // a key decoded to UTF-8, to compare with "model", "vocab", "merges"
-    if (peek() != '"') error("expected a string key");
-    std::string key;
-    string([&](uint32_t cp) { append_utf8(cp, key); });
-    skip_ws();
-    expect(':');
-    skip_ws();
-    return key;
-  }
-
-  // ---- other values ----
-  // A number; true if it is a non-negative integer (or -0), its value in *v (UINT64_MAX past 18 digits).
-  bool number(uint64_t* v) {
-    bool negative = peek() == '-', integer = true;
-    if (negative) ++i_;
-    auto digits = [&] {
-      size_t from = i_;
-      while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
-      return i_ - from;
-    };
-    uint64_t x = 0;
-    size_t start = i_, n = digits();
-    if (n == 0 || (s_[start] == '0' && n > 1)) i_ = start + (n > 0), error("bad number");
-    for (size_t k = start; k < start + n; ++k) x = x * 10 + static_cast<uint64_t>(s_[k] - '0');
-    if (n > 18) x = UINT64_MAX;  // (saturated: ids are far smaller)
-    if (peek() == '.') {
-      ++i_, integer = false;
-      if (digits() == 0) error("bad number");
-    }
-    if (peek() == 'e' || peek() == 'E') {
-      ++i_, integer = false;
-      if (peek() == '+' || peek() == '-') ++i_;
-      if (digits() == 0) error("bad number");
-    }
-    *v = x;
-    return integer && (!negative || x == 0);
-  }
-  void literal() {
-    for (const char* word : {"true", "false", "null"}) {
-      size_t n = std::strlen(word);
-      if (s_.compare(i_, n, word) == 0) {
-        i_ += n;
-        return;
-      }
-    }
-    error("expected a value");
-  }
-  // Any value, validated and skipped.
-  void value(int depth) {
-    char c = peek();
-    if (c == '"') {
-      skip_string();
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxDepth) error("nested deeper than " + std::to_string(kMaxDepth) + " levels");
-      ++i_;
-      skip_ws();
-      char close = c == '{' ? '}' : ']';
-      if (peek() == close) {
-        ++i_;
-        return;
-      }
-      do {
-        if (c == '{') {
-          if (peek() != '"') error("expected a string key");
-          skip_string();
-          skip_ws();
-          expect(':');
-          skip_ws();
-        }
-        value(depth);
-      } while (next(close));
-    } else if (c == '-' || (c >= '0' && c <= '9')) {
-      uint64_t v;
-      number(&v);
-    } else {
-      literal();
-    }
   }
 
   // ---- the document ----
@@ -583,20 +356,10 @@ class TokenizerJsonReader {
     out_.merge_bytes_size = static_cast<size_t>(dst - buf);
   }
 
-  const std::string& path_;
-  std::string_view s_;
-  const char* end_;
-  size_t i_ = 0;
   TokenizerJson out_;
   std::pair<size_t, size_t> vocab_span_{0, 0}, merges_span_{0, 0};
   bool vocab_ok_ = false, merges_pending_ = false;
 };
-
-std::string bytelevel_text(std::string_view bytes) {
-  std::string s;
-  for (unsigned char c : bytes) append_utf8(kAlphabet.to_cp[c], s);
-  return s;
-}
 
 // A file's text, mapped rather than read: a 10 MB read() into fresh memory costs 3-10 ms here, its
 // mapping 1.5 ms. Files that cannot be mapped (pipes, empty files) are read.
@@ -626,110 +389,11 @@ class MappedFile {
   std::string read_;
 };
 
-// How Python's repr() writes a str of printable characters (as byte-level text is).
-std::string py_repr(const std::string& s) {
-  bool single = s.find('\'') != std::string::npos, dbl = s.find('"') != std::string::npos;
-  char quote = single && !dbl ? '"' : '\'';
-  std::string out(1, quote);
-  for (char c : s) {
-    if (c == '\\' || c == quote) out += '\\';
-    out += c;
-  }
-  return out + quote;
-}
-
 }  // namespace
 
 TokenizerJson load_tokenizer_json(const std::string& path) {
   MappedFile file(path);
   return TokenizerJsonReader(path, file.text()).read();
-}
-
-std::unique_ptr<CoreBPE> CoreBPE::from_tokenizer_json(TokenizerJson& doc, std::vector<SpecialToken> specials,
-                                                      std::string_view pattern, bool ignore_merges) {
-  std::unique_ptr<CoreBPE> bpe(new CoreBPE());
-  bpe->init_tokens(doc.vocab, specials, pattern);
-  doc.vocab = Vocab{};
-  using Merge = TokenizerJson::Merge;
-  const std::vector<Merge>& list = doc.merges;
-  const char* base = doc.merge_bytes.get();
-  const size_t n = list.size(), size = doc.merge_bytes_size;
-  auto right_len = [](const Merge& m) { return m.right_len & ~Merge::kList; };
-  auto fail = [&](size_t i, const std::string& what) {
-    const Merge& m = list[i];
-    std::string l = bytelevel_text({base + m.off, m.left_len}), r = bytelevel_text({base + m.off + m.left_len, right_len(m)});
-    std::string item = m.right_len & Merge::kList ? "[" + py_repr(l) + ", " + py_repr(r) + "]" : py_repr(l + " " + r);
-    throw BpeError("model.merges[" + std::to_string(i) + "] = " + item + what);
-  };
-  Merges merges(n);
-  std::vector<uint32_t> made(n);  // the id each merge makes
-  // The token a merge makes is nearly always the one after the previous merge's (files list the
-  // vocabulary by id and the merges by priority, and training numbers tokens as it merges): checking
-  // that guess reads the arena in order. The other lookups, two or three per merge in a table larger
-  // than the caches, are hashed a block of merges at a time and their slots prefetched first, so
-  // that the misses overlap (as from_merge_text).
-  auto makes = [&](uint32_t id, const char* p, size_t len) {
-    if (id >= bpe->tokens_.size()) return false;
-    const TokenRef& t = bpe->tokens_[id];
-    return t.len == len && !t.special && std::memcmp(bpe->arena_.data() + t.off, p, len) == 0;
-  };
-  constexpr size_t kBlock = 8;
-  BytesKey keys[kBlock][3];
-  uint32_t guess[kBlock];  // kNoToken: looked up
-  uint32_t last = 0;       // the id the previous merge made
-  for (size_t b = 0; b < n; b += kBlock) {
-    size_t e = std::min(n, b + kBlock);
-    for (size_t i = b; i < e; ++i) {
-      const Merge& m = list[i];
-      size_t avail = size - m.off, len = m.left_len + right_len(m);
-      keys[i - b][0] = make_key(base + m.off, m.left_len, avail);
-      keys[i - b][1] = make_key(base + m.off + m.left_len, right_len(m), avail - m.left_len);
-      bpe->ordinary_.prefetch(keys[i - b][0]);
-      bpe->ordinary_.prefetch(keys[i - b][1]);
-      guess[i - b] = makes(last + 1, base + m.off, len) ? ++last : kNoToken;
-      if (guess[i - b] == kNoToken) {
-        keys[i - b][2] = make_key(base + m.off, len, avail);
-        bpe->ordinary_.prefetch(keys[i - b][2]);
-      }
-    }
-    for (size_t i = b; i < e; ++i) {
-      const Merge& m = list[i];
-      std::string_view left(base + m.off, m.left_len), right(base + m.off + m.left_len, right_len(m));
-      uint32_t a = bpe->ordinary_.find(left.data(), left.size(), keys[i - b][0]);
-      uint32_t c = bpe->ordinary_.find(right.data(), right.size(), keys[i - b][1]);
-      if (a == BytesMap::kMissing || c == BytesMap::kMissing) {
-        std::string_view missing = a == BytesMap::kMissing ? left : right;
-        uint32_t special = bpe->token_to_id(missing);  // an added token also listed in model.vocab
-        fail(i, ": " + py_repr(bytelevel_text(missing)) +
-                    (special == kNoToken ? " is not in model.vocab" : " is an added token, not an ordinary token"));
-      }
-      uint32_t id = guess[i - b] != kNoToken
-                        ? guess[i - b]
-                        : bpe->ordinary_.find(left.data(), left.size() + right.size(), keys[i - b][2]);
-      if (id == BytesMap::kMissing) fail(i, " makes a token that is not in model.vocab");
-      merges[i] = {a, c};
-      made[i] = id;
-    }
-    last = made[e - 1];
-  }
-  doc.merges = {};
-  doc.merge_bytes.reset();
-  // Insert the pairs in the order of their home slots in pairs_ (PairMap hashes with mix64 into a
-  // table_capacity(n) table), so that the inserts sweep the table rather than miss the caches once
-  // each (a third of the insert time, measured on 233k merges). Stable, so a repeated merge still meets its
-  // first occurrence first and keeps its first (highest) priority, as HF does. Any order is correct.
-  bpe->pairs_.reset(n);
-  const size_t cap = table_capacity(n), shift = 6;  // a bucket of 64 slots: 1 KB of the table
-  auto bucket = [&](size_t i) {
-    return ((mix64((uint64_t{merges[i].first} << 32) | merges[i].second) & (cap - 1)) >> shift);
-  };
-  std::vector<uint32_t> start(((cap - 1) >> shift) + 2, 0), order(n);  // [b + 1]: how many in bucket b
-  for (size_t i = 0; i < n; ++i) ++start[bucket(i) + 1];
-  for (size_t k = 1; k < start.size(); ++k) start[k] += start[k - 1];
-  for (size_t i = 0; i < n; ++i) order[start[bucket(i)]++] = static_cast<uint32_t>(i);
-  for (uint32_t i : order) bpe->pairs_.insert(merges[i].first, merges[i].second, PairMap::Merge{i, made[i]});
-  bpe->init_merges(std::move(merges), ignore_merges);
-  return bpe;
 }
 
 }  // namespace fastllm
