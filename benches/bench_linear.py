@@ -8,7 +8,9 @@ GB/s counts the weight bytes per call; `bound_fraction` is that over the read ba
 
 Providers: "torch" (F.linear with fp32 or bf16 weights: MKL / oneDNN), "fastllm" (`torch.ops.fastllm.linear`,
 the C++ GEMV the model layer uses for M <= 8), "fastllm-packed" (`fastllm::linear_packed`: the same kernel on the
-weight packed in 8-row tiles by `fastllm.kernels.pack_weight`, what the compiled bf16 decode step runs),
+weight packed in 8-row tiles by `fastllm.kernels.pack_weight`), "fastllm-vnni2" (bf16 only: the weight packed
+`layout="vnni2"`, 16 rows x 2 columns per vector, vdpbf16ps on AVX512-BF16 CPUs: what the compiled bf16 decode step
+runs there),
 "fastllm-int8" (`fastllm.kernels.int8_linear`, packed int8 weight-only, per-row scales), "fastllm-w8a8" (the same
 codes in the VNNI layout, activations quantized per row: integer dot products on AVX-512 VNNI, what
 `quantize(model, "w8a8")` runs; checked to the bit against its reference, `int8_linear_w8a8`), "torch-int8"
@@ -35,7 +37,7 @@ SHAPES = {  # name: (N, K)
     "gpt2-lm_head": (50257, 768),
     "llama1b-up": (8192, 2048),
 }
-PROVIDERS = ["torch", "fastllm", "fastllm-packed", "fastllm-int8", "fastllm-w8a8", "torch-int8"]
+PROVIDERS = ["torch", "fastllm", "fastllm-packed", "fastllm-vnni2", "fastllm-int8", "fastllm-w8a8", "torch-int8"]
 _MEDIANS: dict[tuple, dict[str, float]] = {}
 
 
@@ -61,9 +63,11 @@ def provider_call(provider: str, N: int, Kd: int, dtype: torch.dtype):
         w = ws["w"].to(dtype)
         op = F.linear if provider == "torch" else torch.ops.fastllm.linear
         return (lambda x: op(x, w, None)), w.double(), w.numel() * w.element_size()
-    if provider == "fastllm-packed":
+    if provider in ("fastllm-packed", "fastllm-vnni2"):
+        if provider == "fastllm-vnni2" and dtype != torch.bfloat16:
+            pytest.skip("the vnni2 layout is for bf16 weights (fp32 ones take the reference)")
         w = ws["w"].to(dtype)
-        packed = K.pack_weight(w)
+        packed = K.pack_weight(w, layout="tiles" if provider == "fastllm-packed" else "vnni2")
         return (lambda x: torch.ops.fastllm.linear_packed(x, packed, None, N)), w.double(), w.numel() * w.element_size()
     w64 = ws["codes"].double() * ws["scale"].double()[:, None]
     if provider in ("fastllm-int8", "fastllm-w8a8"):

@@ -21,6 +21,7 @@ from fastllm.kernels.reference.attention import swa_decode as _swa_decode_ref
 from fastllm.kernels.reference.linear import int8_linear as _int8_linear_ref
 from fastllm.kernels.reference.linear import int8_linear_w8a8 as _w8a8_linear_ref
 from fastllm.kernels.reference.linear import linear_packed as _linear_packed_ref
+from fastllm.kernels.reference.linear import packed_layout as _packed_layout
 from fastllm.kernels.reference.mla import mla_decode as _mla_decode_ref
 from fastllm.kernels.reference.sampling import sample_from_noise as _sample_ref
 from fastllm.kernels.reference.sampling import sample_philox as _sample_philox_ref
@@ -252,6 +253,7 @@ def _linear_packed_cpu(x: Tensor, packed: Tensor, bias: Tensor | None, out_featu
     if (
         x.numel() <= _cpu.MAX_M_PACKED * x.shape[-1]
         and x.dtype in _cpu.X_DTYPES
+        and (x.dtype == torch.bfloat16 or _packed_layout(packed) == "tiles")  # "vnni2": bf16 only, else the reference
         and _dispatch.use_cpu_kernel("linear_packed", x.device)
     ):
         return _cpu.linear_packed(x, packed, bias, out_features)

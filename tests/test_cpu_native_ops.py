@@ -60,6 +60,7 @@ def test_linears_equal_the_python_ops(dtype, bias):
         for name, args in [
             ("linear", (x, w, b)),
             ("linear_packed", (x, pack_weight(w), b, N)),
+            ("linear_packed", (x, pack_weight(w, layout="vnni2"), b, N)),  # bf16: the kernel; fp32: the reference
             ("int8_linear", (x, packed, scale, b)),
             ("w8a8_linear", (x, packed, scale, b)),
             ("w8a8_linear", (x, vnni, scale, b)),

@@ -1,7 +1,8 @@
-"""Float weights in the packed layout (`fastllm.kernels.pack_weight`, csrc/cpu/linear.h): the C++ kernel on packed
-fp32 and bf16 tiles (`fastllm.kernels.cpu.linear_packed`, op `fastllm::linear_packed`) against the fp64 reference on
-every instruction set this CPU has; bit-equality with the row-major kernel (same summation order); the dispatch;
-errors; and the compiled CPU decode step, whose frozen bf16 weights are packed once while compiling."""
+"""Float weights in the packed layouts (`fastllm.kernels.pack_weight`, csrc/cpu/linear.h): the C++ kernel on packed
+fp32 and bf16 tiles and on bf16 "vnni2" tiles (`fastllm.kernels.cpu.linear_packed`, op `fastllm::linear_packed`)
+against the fp64 reference on every instruction set this CPU has; bit-equality of tiles with the row-major kernel
+(same summation order); the dispatch; errors; and the compiled CPU decode step, whose frozen bf16 weights are packed
+once while compiling."""
 
 import pytest
 import torch
@@ -10,20 +11,25 @@ from conftest import CPU_ISAS
 import fastllm.kernels as K
 from fastllm import engine
 from fastllm.kernels import cpu
-from fastllm.kernels.reference.linear import pack_weight, unpack_weight
+from fastllm.kernels.reference.linear import pack_weight, packed_layout, unpack_weight
 from fastllm.models import ModelConfig, Transformer
 
 SHAPES = [(1, 37, 19), (3, 203, 130), (8, 9, 64), (11, 70, 257), (16, 1, 1), (2, 64, 128)]  # (M, N, K)
 
 
+@pytest.mark.parametrize("layout", ["tiles", "vnni2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
-def test_pack_round_trip(dtype):
+def test_pack_round_trip(dtype, layout):
     for _, N, K_ in SHAPES:
         w = (torch.randn(N, K_) * 50).to(dtype)
-        packed = pack_weight(w)
-        assert packed.shape == K.packed_shape(N, K_) and packed.dtype == dtype
+        packed = pack_weight(w, layout=layout)
+        assert packed.shape == K.packed_shape(N, K_, layout) and packed.dtype == dtype
+        assert packed_layout(packed) == layout
         assert torch.equal(unpack_weight(packed, N, K_), w)
         assert int((packed != 0).sum()) == int((w != 0).sum())  # the padding is zeros
+    w = torch.arange(2 * 5, dtype=torch.float32).view(2, 5)  # row n, column k at [n // 16, k // 2, n % 16, k % 2]
+    v = pack_weight(w, layout="vnni2")
+    assert v.shape == (1, 3, 16, 2) and v[0, 1, 1, 0] == w[1, 2] and v[0, 2, 0, 1] == 0  # the padding column
 
 
 @pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
@@ -45,6 +51,26 @@ def test_matches_fp64_reference_and_the_row_major_kernel(isa, dtype, bias):
         else:  # within 2x of torch's own bf16 linear
             torch_err = (torch.nn.functional.linear(x, w, b).double() - want).abs().max().item()
             assert err <= 2 * torch_err + 1e-6, (err, torch_err)
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
+@pytest.mark.parametrize("bias", [False, True])
+def test_vnni2_matches_fp64_reference(isa, bias):
+    """bf16 weights in the "vnni2" layout (vdpbf16ps on AVX512-BF16 CPUs, portable code on the others): every row
+    count up to MAX_M_PACKED (groups of 1-4 rows, 1-12 tiles at once, blocks of tiles) against fp64, within 2x of
+    torch's own bf16 linear."""
+    g = torch.Generator().manual_seed(1)
+    shapes = SHAPES + [(M, 203, 130) for M in (2, 4, 5, 7, 9, 12)] + [(1, 400, 33), (4, 16 * 25 + 3, 64)]
+    for M, N, K_ in shapes:
+        x = torch.randn(M, K_, generator=g).bfloat16()
+        w = torch.randn(N, K_, generator=g).bfloat16()
+        b = torch.randn(N, generator=g).bfloat16() if bias else None
+        got = cpu.linear_packed(x, pack_weight(w, layout="vnni2"), b, N)
+        assert got.dtype == torch.bfloat16 and got.shape == (M, N)
+        want = x.double() @ w.double().T + (0 if b is None else b.double())
+        err = (got.double() - want).abs().max().item()
+        torch_err = (torch.nn.functional.linear(x, w, b).double() - want).abs().max().item()
+        assert err <= 2 * torch_err + 1e-6, (M, N, K_, err, torch_err)
 
 
 def test_leading_dims_and_views():
@@ -74,6 +100,11 @@ def test_op_dispatch(cpu_kernels, monkeypatch):
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     half = torch.ops.fastllm.linear_packed(x.half(), pack_weight(w.half()), b.half(), 33)
     assert half.dtype == torch.half and calls == [1]
+    monkeypatch.delenv("FASTLLM_KERNELS")
+    xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
+    v = torch.ops.fastllm.linear_packed(xb, pack_weight(wb, layout="vnni2"), bb, 33)  # the layout told by the shape
+    assert calls == [1, 1]
+    torch.testing.assert_close(v, torch.nn.functional.linear(xb, wb, bb), atol=0.05, rtol=0.02)
 
 
 def test_bad_input_is_refused_with_a_clear_error():
@@ -85,18 +116,23 @@ def test_bad_input_is_refused_with_a_clear_error():
         ((torch.randn(2, 20), packed, None, 17), "packed weight for"),
         ((torch.randn(2, 70), packed, None, 10), "packed weight for"),
         ((torch.randn(2, 20), packed, torch.randn(9), 10), "bias must be"),
+        ((torch.randn(2, 20), pack_weight(w, layout="vnni2"), None, 10), "packed weight for"),  # bf16 only
+        ((torch.randn(2, 20).bfloat16(), pack_weight(w, layout="vnni2").bfloat16(), None, 17), r"\(2, 10, 16, 2\)"),
     ]
     for args, match in bad:
         with pytest.raises(ValueError, match=match):
             cpu.linear_packed(*args)
     with pytest.raises(ValueError, match="pack_weight"):
         pack_weight(torch.randn(3))
+    with pytest.raises(ValueError, match="layout must be one of"):
+        pack_weight(w, layout="vnni")  # int8 codes' layout: pack_int8
 
 
 def test_frozen_bf16_decode_step_runs_packed_and_matches_eager(cpu_kernels, monkeypatch):
     """compile=True on the CPU, bf16 without biases: the step's linears run fastllm::linear_packed on weights packed
-    while compiling (freezing folds pack_weight), the same sums as the eager step's row-major kernel: identical
-    tokens; a changed weight recompiles."""
+    while compiling (freezing folds pack_weight): "vnni2" on CPUs with AVX512-BF16 (other sums than the eager step's
+    row-major kernel, in fp32 all the same), "tiles" elsewhere (the same sums); identical tokens; a changed weight
+    recompiles."""
     torch.manual_seed(0)
     cfg = ModelConfig.from_name(
         "llm-scratch-v2", n_layer=2, d_model=64, n_head=4, d_ff=96, vocab_size=97, out_bias=False, mlp_bias=False
@@ -106,11 +142,12 @@ def test_frozen_bf16_decode_step_runs_packed_and_matches_eager(cpu_kernels, monk
     greedy = engine.SamplingParams(temperature=0)
     calls = []
     real = cpu.linear_packed
-    monkeypatch.setattr(cpu, "linear_packed", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(cpu, "linear_packed", lambda *a: calls.append(packed_layout(a[1])) or real(*a))
     eager, _ = engine.generate(model, prompts, 10, sampling=greedy)
     assert calls == []
     compiled, _ = engine.generate(model, prompts, 10, sampling=greedy, compile=True)
     assert compiled == eager and len(calls) >= 9 * len([m for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    assert set(calls) == {"vnni2" if cpu.isa() == "avx512bf16" else "tiles"}
     with torch.no_grad():
         model.lm_head.weight.mul_(-1.0)
     eager, _ = engine.generate(model, prompts, 10, sampling=greedy)

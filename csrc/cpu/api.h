@@ -10,7 +10,7 @@
 namespace fastllm::cpu {
 
 // Bumped whenever a struct below or the table changes layout: the operator library refuses a mismatch.
-constexpr int kApiVersion = 3;
+constexpr int kApiVersion = 4;
 
 struct Api {
   int version;

@@ -20,7 +20,7 @@ const void* ptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 
 void linear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t ldx, uintptr_t w, int w_dtype, bool w_packed,
             int64_t N, int64_t ldw, uintptr_t scale, uintptr_t bias, uintptr_t y, int64_t ldy, int threads,
-            bool quantize_x) {
+            bool quantize_x, bool w_vnni2) {
   fastllm::cpu::LinearArgs a;
   a.x = ptr(x);
   a.x_dtype = static_cast<DType>(x_dtype);
@@ -37,6 +37,7 @@ void linear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t ldx, uintptr
   a.y = reinterpret_cast<void*>(y);
   a.ldy = ldy;
   a.quantize_x = quantize_x;
+  a.w_vnni2 = w_vnni2;
   py::gil_scoped_release release;
   fastllm::cpu::linear(a, threads);
 }
@@ -92,7 +93,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("linear", &linear, "y = x W^T * scale + bias for small M; raw pointers, see csrc/cpu/linear.h", py::arg("x"),
         py::arg("x_dtype"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("w_dtype"),
         py::arg("w_packed"), py::arg("N"), py::arg("ldw"), py::arg("scale"), py::arg("bias"), py::arg("y"),
-        py::arg("ldy"), py::arg("threads"), py::arg("quantize_x") = false);
+        py::arg("ldy"), py::arg("threads"), py::arg("quantize_x") = false, py::arg("w_vnni2") = false);
   m.def("decode_attention", &decode_attention,
         "decode attention over a ring-buffer or paged KV cache; raw pointers, see csrc/cpu/attention.h", py::arg("dtype"),
         py::arg("sizes"), py::arg("q"), py::arg("q_strides"), py::arg("k"), py::arg("k_strides"), py::arg("v"),
@@ -115,6 +116,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.attr("PACK_COLS") = fastllm::cpu::kPackCols;
   m.attr("VNNI_ROWS") = fastllm::cpu::kVnniRows;
   m.attr("VNNI_COLS") = fastllm::cpu::kVnniCols;
+  m.attr("VNNI2_COLS") = fastllm::cpu::kVnni2Cols;
   m.def("isa", &fastllm::cpu::isa, "the instruction set the kernels run with");
   m.def(
       "force_isa", [](const std::string& name) { return fastllm::cpu::force_isa(name.c_str()); },

@@ -7,8 +7,8 @@
 // The sums: products of two bf16 values are exact in fp32 and are accumulated in fp32, in another order than the
 // other copies (two products per lane and step, then the lanes); the instruction flushes denormal inputs and
 // outputs to zero (bf16 denormals are below 1.2e-38). Only this file's functions carry the ISA; linear.cpp calls
-// them only on CPUs that have it, for bf16 x bf16 calls of fewer than 4 activation rows,
-// and every other call of the "avx512bf16" ISA goes to the AVX-512 copy.
+// them only on CPUs that have it, for bf16 x bf16 calls of fewer than 4 activation rows and for every call on
+// VNNI-2 weights; every other call of the "avx512bf16" ISA goes to the AVX-512 copy.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"  // GCC bug 105593, as in isa_avx512.cpp
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -148,6 +148,108 @@ inline void rows_packed(const Job& j, int64_t t0, int64_t t1) {
   }
 }
 
+// ---- VNNI-2 tiles (linear.h: 16 rows x 2 columns per vector) ----
+
+// Row m's outputs n .. n + rows - 1 (rows <= 16) from their 16 sums, + bias, in the output dtype: the operations of
+// store_tile in vector form (the same fp32 add, the same rounding to bf16), so the same bits.
+inline void store16(const Job& j, int64_t m, int64_t n, int rows, __m512 v) {
+  const __mmask16 k = rows >= kVnniRows ? __mmask16(0xffff) : __mmask16((1u << rows) - 1);
+  const bool f32 = j.y_dtype == DType::f32;
+  if (j.bias != nullptr) {
+    __m512 b;
+    if (f32) {
+      b = _mm512_maskz_loadu_ps(k, static_cast<const float*>(j.bias) + n);
+    } else {
+      const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(j.bias) + n);
+      b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    v = _mm512_add_ps(v, b);
+  }
+  if (f32) return _mm512_mask_storeu_ps(static_cast<float*>(j.y) + m * j.ldy + n, k, v);
+  // Rounded to nearest even; a NaN keeps its sign and top payload bits, made quiet (f32_to_bf16).
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i even = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), even)), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(j.y) + m * j.ldy + n, k, _mm512_cvtepi32_epi16(r));
+}
+
+// Activation rows [m0, m0 + B) against T consecutive tiles from tile t: B * T accumulators of 16 outputs and T
+// weight registers; per 2 columns, T vector loads, B broadcasts and B * T vdpbf16ps. T tiles are T streams of
+// weights in flight: 2 cores reading 400 MB of (3072, 768) weights, one row, 8-12 tiles read 27.5-30 GB/s where the
+// 8-row tiles read 24-27 three at a time (a standalone loop, both layouts alternating).
+template <int B, int T>
+inline void vnni2_tiles(const Job& j, int64_t m0, int64_t t) {
+  const int64_t groups = j.K / kVnni2Cols, stride = int64_t{kVnniRows} * j.K;
+  const uint16_t* w = static_cast<const uint16_t*>(j.w) + t * stride;
+  const uint16_t* x = j.xb + m0 * j.K;
+  __m512 acc[B][T];
+  UNROLL for (int b = 0; b < B; ++b) UNROLL for (int i = 0; i < T; ++i) acc[b][i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512bh wv[T];
+    UNROLL for (int i = 0; i < T; ++i) wv[i] = load(w + i * stride + g * (kVnniRows * kVnni2Cols));
+    UNROLL for (int b = 0; b < B; ++b) {
+      int32_t two;
+      __builtin_memcpy(&two, x + b * j.K + g * kVnni2Cols, 4);
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(two);
+      UNROLL for (int i = 0; i < T; ++i) acc[b][i] = _mm512_dpbf16_ps(acc[b][i], wv[i], xv);
+    }
+  }
+  // Through memory, as in isa_avx512vnni.cpp (GCC otherwise keeps the accumulators on the stack in the loop).
+  alignas(64) float sums[B][T][kVnniRows];
+  UNROLL for (int b = 0; b < B; ++b) UNROLL for (int i = 0; i < T; ++i) _mm512_store_ps(sums[b][i], acc[b][i]);
+  for (int i = 0; i < T; ++i) {
+    const int64_t n = (t + i) * kVnniRows;
+    const int rows = static_cast<int>(j.N - n < kVnniRows ? j.N - n : kVnniRows);
+    for (int b = 0; b < B; ++b) store16(j, m0 + b, n, rows, _mm512_load_ps(sums[b][i]));
+  }
+}
+
+// Tiles per pass for B rows: B * T accumulators, T weight registers and a broadcast within the 32 registers.
+template <int B>
+constexpr int vnni2_tiles_for() {
+  return B == 1 ? 12 : B == 2 ? 8 : B == 3 ? 6 : 5;
+}
+
+// Activation rows [m0, m0 + B) against tiles [t, end).
+template <int B>
+inline void vnni2_group(const Job& j, int64_t m0, int64_t t, int64_t end) {
+  constexpr int T = vnni2_tiles_for<B>();
+  for (; t + T <= end; t += T) vnni2_tiles<B, T>(j, m0, t);
+  switch (end - t) {
+    case 11: return vnni2_tiles<B, 11>(j, m0, t);
+    case 10: return vnni2_tiles<B, 10>(j, m0, t);
+    case 9: return vnni2_tiles<B, 9>(j, m0, t);
+    case 8: return vnni2_tiles<B, 8>(j, m0, t);
+    case 7: return vnni2_tiles<B, 7>(j, m0, t);
+    case 6: return vnni2_tiles<B, 6>(j, m0, t);
+    case 5: return vnni2_tiles<B, 5>(j, m0, t);
+    case 4: return vnni2_tiles<B, 4>(j, m0, t);
+    case 3: return vnni2_tiles<B, 3>(j, m0, t);
+    case 2: return vnni2_tiles<B, 2>(j, m0, t);
+    case 1: return vnni2_tiles<B, 1>(j, m0, t);
+    default: return;
+  }
+}
+
+// Tiles [t0, t1) for all M rows: blocks of tiles small enough to stay in L2 while every group of 4 activation rows
+// passes over them (one group, the usual decode call, reads each tile once from memory).
+inline void vnni2_rows(const Job& j, int64_t t0, int64_t t1) {
+  const int64_t block = j.M <= 4 ? t1 - t0 : 12;
+  for (int64_t tb = t0; tb < t1; tb += block) {
+    const int64_t te = tb + block < t1 ? tb + block : t1;
+    for (int64_t m0 = 0; m0 < j.M; m0 += 4) {
+      switch (j.M - m0 < 4 ? j.M - m0 : 4) {
+        case 1: vnni2_group<1>(j, m0, tb, te); break;
+        case 2: vnni2_group<2>(j, m0, tb, te); break;
+        case 3: vnni2_group<3>(j, m0, tb, te); break;
+        default: vnni2_group<4>(j, m0, tb, te); break;
+      }
+    }
+  }
+}
+
 }  // namespace fastllm::cpu::bf16dp
 
 #if defined(__clang__)
@@ -161,7 +263,9 @@ void fastllm::cpu::rows_avx512bf16(const Job& job, int64_t n0, int64_t n1) {
   if (job.packed) return bf16dp::rows_packed(job, n0, n1);
   bf16dp::rows(job, n0, n1);
 }
+void fastllm::cpu::rows_vnni2_avx512bf16(const Job& job, int64_t t0, int64_t t1) { bf16dp::vnni2_rows(job, t0, t1); }
 #else
 // never called: isa() is never "avx512bf16"
 void fastllm::cpu::rows_avx512bf16(const Job&, int64_t, int64_t) {}
+void fastllm::cpu::rows_vnni2_avx512bf16(const Job&, int64_t, int64_t) {}
 #endif

@@ -57,8 +57,31 @@ struct V {
 #include "linear_kernel.h"
 #include "attention_kernel.h"
 
+// VNNI-2 bf16 weights (linear.h), tiles [t0, t1): per tile and activation row, the 16 rows' sums in fp32, a pair
+// of columns a step (its two products added first, as vdpbf16ps adds them).
+inline void vnni2_rows(const Job& j, int64_t t0, int64_t t1) {
+  const uint16_t* w = static_cast<const uint16_t*>(j.w);
+  const int64_t groups = j.K / kVnni2Cols;
+  for (int64_t t = t0; t < t1; ++t) {
+    const uint16_t* tile = w + t * kVnniRows * j.K;
+    const int64_t n = t * kVnniRows;
+    const int rows = static_cast<int>(j.N - n < kVnniRows ? j.N - n : kVnniRows);
+    for (int64_t m = 0; m < j.M; ++m) {
+      const float* x = j.x + m * j.K;
+      float dot[kVnniRows] = {};
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint16_t* v = tile + g * kVnniRows * kVnni2Cols;
+        for (int r = 0; r < kVnniRows; ++r)
+          dot[r] += x[2 * g] * bf16_to_f32(v[2 * r]) + x[2 * g + 1] * bf16_to_f32(v[2 * r + 1]);
+      }
+      store_tile<1, kVnniRows>(j, m, n, dot, rows);
+    }
+  }
+}
+
 }  // namespace fastllm::cpu::generic
 
+void fastllm::cpu::rows_vnni2_generic(const Job& job, int64_t t0, int64_t t1) { generic::vnni2_rows(job, t0, t1); }
 void fastllm::cpu::rows_generic(const Job& job, int64_t n0, int64_t n1) { generic::run_rows(job, n0, n1); }
 void fastllm::cpu::attend_generic(const DecodeAttnArgs& args, int64_t item, float* scratch) {
   generic::run_attend(args, item, scratch);

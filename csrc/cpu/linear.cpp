@@ -151,7 +151,9 @@ void linear(const LinearArgs& a, int threads) {
   const bool vnni = a.w_dtype == DType::u8;  // the VNNI layout: W8A8 only (the callers check)
   const bool a8 = packed && (a.w_dtype == DType::i8 || vnni) && a.quantize_x;
   if (vnni && !a8) return;
-  const int64_t cols = vnni ? kVnniCols : packed ? kPackCols : 1;
+  const bool vnni2 = packed && a.w_vnni2;  // bf16 weights and activations (the callers check)
+  if (vnni2 && (a.w_dtype != DType::bf16 || a.x_dtype != DType::bf16)) return;
+  const int64_t cols = vnni ? kVnniCols : vnni2 ? kVnni2Cols : packed ? kPackCols : 1;
   const int64_t K = (a.K + cols - 1) / cols * cols;
   // W8A8: the activations as int8 codes (+ 128 against tiled weights), a scale per row, and for VNNI-layout
   // weights each row's sum of codes.
@@ -169,9 +171,11 @@ void linear(const LinearArgs& a, int threads) {
   // Calls of 4 or more rows stay on the widening kernel, in both layouts (which then keep giving the same bits):
   // from DRAM its row-major tiles of 2-4 weight rows read 7-10 GB/s there against vdpbf16ps's 6-9, packed tiles the
   // same either way (at one row: row-major 18 against 14, packed 21 against 17).
+  // VNNI-2 weights take vdpbf16ps at every row count (the layout has no widening copy), or the portable kernel.
   const RowsFn isa_rows = isa_table(current_isa.load()).rows;
+  const bool dp = isa_rows == rows_avx512bf16 && a.w_dtype == DType::bf16 && a.x_dtype == DType::bf16;
   std::vector<uint16_t> xb;
-  if (!a8 && isa_rows == rows_avx512bf16 && a.w_dtype == DType::bf16 && a.x_dtype == DType::bf16 && a.M < 4) {
+  if (!a8 && dp && (a.M < 4 || vnni2)) {
     xb.assign(static_cast<size_t>(a.M * K), 0);
     for (int64_t m = 0; m < a.M; ++m)
       std::memcpy(xb.data() + m * K, static_cast<const uint16_t*>(a.x) + m * a.ldx, static_cast<size_t>(a.K) * sizeof(uint16_t));
@@ -193,15 +197,16 @@ void linear(const LinearArgs& a, int threads) {
     x = widened.data();
   }
   Job job{x, a.M, K, a.w, a.w_dtype, packed, a.N, packed ? K : a.ldw, a.scale, a.bias, a.y, a.x_dtype, a.ldy};
+  job.vnni2 = vnni2;
   if (a8) {
     job.xq = xq.data();
     job.sx = sx.data();
     job.xsum = vnni ? xsum.data() : nullptr;
   }
   if (!xb.empty()) job.xb = xb.data();
-  const RowsFn rows = a8 ? a8_rows(vnni) : isa_rows;
+  const RowsFn rows = a8 ? a8_rows(vnni) : vnni2 ? (dp ? rows_vnni2_avx512bf16 : rows_vnni2_generic) : isa_rows;
   // Work items: rows, or tiles of kPackRows (kVnniRows) rows when packed.
-  const int64_t tile = vnni ? kVnniRows : kPackRows;
+  const int64_t tile = vnni || vnni2 ? kVnniRows : kPackRows;
   const int64_t items = packed ? (a.N + tile - 1) / tile : a.N;
   const int64_t work_threads =
       std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(1, a.N * a.K / kMinWeightsPerThread));

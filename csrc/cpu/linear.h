@@ -35,6 +35,13 @@ constexpr int kPackCols = 64;
 constexpr int kVnniRows = 16;
 constexpr int kVnniCols = 4;
 
+// The VNNI-2 layout of bf16 weights (w_vnni2): zeros padding (N, K) to Np = ceil(N / 16) * 16 rows and Kp =
+// ceil(K / 2) * 2 columns, stored as [Np / 16][Kp / 2][16 rows][2 columns]: row n, column k is at ((n / 16) *
+// (Kp / 2) + k / 2) * 32 + (n % 16) * 2 + k % 2. One 64-byte vector holds 2 columns of 16 rows, the operand of
+// one vdpbf16ps against 2 activations broadcast: 16 outputs accumulate in the 16 lanes, with no horizontal sums,
+// and few accumulators leave the registers to read many tiles side by side (isa_avx512bf16.cpp).
+constexpr int kVnni2Cols = 2;
+
 // Shapes and pointers of one call. Strides are in elements; the last dimension of every operand is
 // contiguous.
 struct LinearArgs {
@@ -53,6 +60,8 @@ struct LinearArgs {
   // csrc/cpu/linear_a8.h): the dot products then run on integers (AVX-512 VNNI where the CPU has it), exact in
   // int32.
   bool quantize_x = false;
+  // Packed bf16 weights in the VNNI-2 layout (above) instead of tiles.
+  bool w_vnni2 = false;
 };
 
 // The instruction set the kernel runs with on this CPU: "avx512bf16" (AVX-512 with bf16 x bf16 calls on

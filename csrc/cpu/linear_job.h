@@ -30,6 +30,7 @@ struct Job {
   // bf16 weights times bf16 activations on the "avx512bf16" ISA: the activation rows as bf16 (M, K), zero-padded to
   // the packed width; x is then unused. Null for every other call.
   const uint16_t* xb = nullptr;
+  bool vnni2 = false;  // packed bf16 weights in the VNNI-2 layout (linear.h); K is then the padded width
 };
 
 // Weight rows [n0, n1) (tiles of kPackRows rows when packed) for all M activation rows, one
@@ -38,5 +39,9 @@ void rows_avx512(const Job& job, int64_t n0, int64_t n1);
 void rows_avx512bf16(const Job& job, int64_t n0, int64_t n1);  // bf16 x bf16 with vdpbf16ps, else rows_avx512
 void rows_avx2(const Job& job, int64_t n0, int64_t n1);
 void rows_generic(const Job& job, int64_t n0, int64_t n1);
+// VNNI-2 bf16 weights, tiles [t0, t1) of kVnniRows rows: vdpbf16ps on bf16 activations (xb) where the CPU has
+// AVX512-BF16, else portable code on fp32 activations (x).
+void rows_vnni2_avx512bf16(const Job& job, int64_t t0, int64_t t1);
+void rows_vnni2_generic(const Job& job, int64_t t0, int64_t t1);
 
 }  // namespace fastllm::cpu

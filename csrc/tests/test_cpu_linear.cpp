@@ -1,5 +1,5 @@
 // Unit tests of the CPU small-M linear kernel (csrc/cpu): every instruction set this CPU has, every weight
-// type, row-major and packed, odd shapes, 1..11 activation rows, 1..3 threads, against a double-precision
+// type, row-major and packed (bf16 also VNNI-2), odd shapes, 1..11 activation rows, 1..3 threads, against a double-precision
 // reference; and the thread pool on its own.
 #include <algorithm>
 #include <atomic>
@@ -60,11 +60,25 @@ std::vector<uint8_t> pack_vnni(const std::vector<int8_t>& w8, int64_t N, int64_t
   return packed;
 }
 
+// The VNNI-2 layout of bf16 weights (linear.h): [Np / 16][Kp / 2][16][2], zeros as padding.
+std::vector<uint16_t> pack_vnni2(const std::vector<uint16_t>& w16, int64_t N, int64_t K) {
+  using fastllm::cpu::kVnni2Cols, fastllm::cpu::kVnniRows;
+  const int64_t Kp = (K + kVnni2Cols - 1) / kVnni2Cols * kVnni2Cols;
+  const int64_t Np = (N + kVnniRows - 1) / kVnniRows * kVnniRows;
+  std::vector<uint16_t> packed(Np * Kp, 0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k)
+      packed[((n / kVnniRows) * (Kp / kVnni2Cols) + k / kVnni2Cols) * (kVnniRows * kVnni2Cols) +
+             (n % kVnniRows) * kVnni2Cols + k % kVnni2Cols] = w16[n * K + k];
+  return packed;
+}
+
 struct Case {
   int64_t M, N, K;
   DType x_dtype, w_dtype;
   bool packed, bias;
   int threads;
+  bool vnni2 = false;  // packed bf16 weights in the VNNI-2 layout
 };
 
 // Runs one case; returns the largest |y - y_ref| / (sum_k |x w| + |bias| + 1e-30) over the outputs.
@@ -94,7 +108,7 @@ double run_case(const Case& c, std::mt19937& rng) {
     }
   }
   const std::vector<int8_t> packed = pack(w8, N, K);
-  const std::vector<uint16_t> packed16 = pack(w16, N, K);
+  const std::vector<uint16_t> packed16 = c.vnni2 ? pack_vnni2(w16, N, K) : pack(w16, N, K);
   const std::vector<float> packed32 = pack(w, N, K);
 
   fastllm::cpu::LinearArgs a;
@@ -106,6 +120,7 @@ double run_case(const Case& c, std::mt19937& rng) {
                                    : static_cast<const void*>(c.packed ? packed.data() : w8.data());
   a.w_dtype = c.w_dtype;
   a.w_packed = c.packed;
+  a.w_vnni2 = c.vnni2;
   a.N = N, a.ldw = K;
   a.scale = scale.data();
   a.bias = !c.bias ? nullptr : c.x_dtype == DType::f32 ? static_cast<const void*>(bias.data()) : b16.data();
@@ -142,18 +157,19 @@ void test_linear() {
     ++tested;
     for (int64_t M : {1, 2, 3, 4, 5, 8, 9, 11})
       for (DType xd : {DType::f32, DType::bf16})
-        for (int variant = 0; variant < 6; ++variant) {  // f32, bf16, i8 weights: row-major, then packed
-          const DType wd = variant % 3 == 0 ? DType::f32 : variant % 3 == 1 ? DType::bf16 : DType::i8;
-          const bool packed = variant >= 3;
+        for (int variant = 0; variant < 7; ++variant) {  // f32, bf16, i8 weights: row-major, packed; bf16 VNNI-2
+          const bool packed = variant >= 3, vnni2 = variant == 6;
+          const DType wd = vnni2 || variant % 3 == 1 ? DType::bf16 : variant % 3 == 0 ? DType::f32 : DType::i8;
+          if (vnni2 && xd != DType::bf16) continue;  // bf16 x bf16 only
           for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 19}, {203, 130}, {9, 64}, {1, 1}, {70, 257}}) {
-            const Case c{M, N, K, xd, wd, packed, (M + N) % 2 == 0, 1 + static_cast<int>((M + K) % 3)};
+            const Case c{M, N, K, xd, wd, packed, (M + N) % 2 == 0, 1 + static_cast<int>((M + K) % 3), vnni2};
             const double err = run_case(c, rng);
             // fp32 sums of <= 257 terms: relative to sum |terms|, a few ulps; bf16 output: its rounding
             const double tol = xd == DType::f32 ? 2e-6 : 1.0 / 256;
             if (err > tol)
-              std::fprintf(stderr, "  %s M=%lld N=%lld K=%lld x=%d w=%d packed=%d: rel err %g\n", isa,
+              std::fprintf(stderr, "  %s M=%lld N=%lld K=%lld x=%d w=%d packed=%d vnni2=%d: rel err %g\n", isa,
                            static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K),
-                           static_cast<int>(xd), static_cast<int>(wd), packed, err);
+                           static_cast<int>(xd), static_cast<int>(wd), packed, vnni2, err);
             CHECK(err <= tol);
           }
         }

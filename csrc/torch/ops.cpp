@@ -89,7 +89,7 @@ c10::TypedOperatorHandle<Sig> python_op(const char* name) {
 
 // y (..., N) = x (..., K) W^T (* scale) (+ bias) on the kernel; x, W and bias already checked.
 Tensor run_linear(const Tensor& x, const Tensor& w, DType w_dtype, bool packed, int64_t ldw, const float* scale,
-                  const OptTensor& bias, int64_t N, bool quantize_x) {
+                  const OptTensor& bias, int64_t N, bool quantize_x, bool vnni2 = false) {
   const int64_t K = x.size(-1);
   const Tensor x2 = x.reshape({-1, K}).contiguous();  // (M, K)
   const int64_t M = x2.size(0);
@@ -111,13 +111,15 @@ Tensor run_linear(const Tensor& x, const Tensor& w, DType w_dtype, bool packed, 
   a.y = y.data_ptr();
   a.ldy = N;
   a.quantize_x = quantize_x;
+  a.w_vnni2 = vnni2;
   kernels->linear(a, threads());
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = N;
   return y.view(shape);
 }
 
-// The packed layouts of (N, K): tiles (ceil(N / 8), ceil(K / 64), 8, 64), VNNI (ceil(N / 16), ceil(K / 4), 16, 4).
+// The packed layouts of (N, K): tiles (ceil(N / 8), ceil(K / 64), 8, 64), VNNI (ceil(N / 16), ceil(K / 4), 16, 4),
+// VNNI-2 (ceil(N / 16), ceil(K / 2), 16, 2).
 template <int64_t R = fastllm::cpu::kPackRows, int64_t C = fastllm::cpu::kPackCols>
 bool packed_shape(const Tensor& packed, int64_t N, int64_t K) {
   return packed.dim() == 4 && packed.size(0) == (N + R - 1) / R && packed.size(1) == (K + C - 1) / C &&
@@ -163,16 +165,19 @@ Tensor linear(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
 }
 
 Tensor linear_packed(const Tensor& x, const Tensor& packed, const OptTensor& bias, int64_t out_features) {
+  // VNNI-2 (bf16 only) or tiles; told by the shape, as the Python op tells them.
+  const bool vnni2 = x.scalar_type() == at::kBFloat16 &&
+                     packed_shape<fastllm::cpu::kVnniRows, fastllm::cpu::kVnni2Cols>(packed, out_features, x.size(-1));
   const bool fast = decode_rows(x, kMaxRowsPacked) && out_features > 0 && packed.device().is_cpu() &&
-                    packed.scalar_type() == x.scalar_type() && packed_shape(packed, out_features, x.size(-1)) &&
-                    bias_fits(bias, x, out_features);
+                    packed.scalar_type() == x.scalar_type() &&
+                    (vnni2 || packed_shape(packed, out_features, x.size(-1))) && bias_fits(bias, x, out_features);
   if (!fast) {
     static const auto op =
         python_op<Tensor(const Tensor&, const Tensor&, const OptTensor&, int64_t)>("fastllm::linear_packed");
     return op.call(x, packed, bias, out_features);
   }
   const Tensor w = packed.contiguous();
-  return run_linear(x, w, dtype_code(x), true, 0, nullptr, bias, out_features, false);
+  return run_linear(x, w, dtype_code(x), true, 0, nullptr, bias, out_features, false, vnni2);
 }
 
 // ---- decode attention -------------------------------------------------------------------------------

@@ -92,8 +92,9 @@ class Linear(nn.Linear):
     Eager: `fastllm::linear` on the row-major weight (other calls than a decode step's few rows are F.linear).
     Inside the engine's compiled CPU step of a model that `packs_when_frozen` (weights frozen), a decode-sized call
     runs `fastllm::linear_packed` on `pack_weight(weight)`, which freezing folds into a constant, so each weight
-    streams as one run of memory per 8-row tile. Otherwise under torch.compile, and whenever autograd records, it
-    is F.linear itself (inductor's GEMMs; the usual backward)."""
+    streams as one run of memory per tile (bf16 on CPUs with AVX512-BF16: the "vnni2" layout, `_bf16_layout`).
+    Otherwise under torch.compile, and whenever autograd records, it is F.linear itself (inductor's GEMMs; the usual
+    backward)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_cpu or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
@@ -102,7 +103,9 @@ class Linear(nn.Linear):
             return native.op("linear", x.device)(x, self.weight, self.bias)
         decode_sized = x.numel() <= MAX_M_PACKED * self.in_features
         if decode_sized and x.dtype == self.weight.dtype and _packing_traced():
-            return native.op("linear_packed", x.device)(x, pack_weight(self.weight), self.bias, self.out_features)
+            layout = _bf16_layout() if self.weight.dtype == torch.bfloat16 else "tiles"
+            packed = pack_weight(self.weight, layout=layout)
+            return native.op("linear_packed", x.device)(x, packed, self.bias, self.out_features)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -119,7 +122,10 @@ def packs_when_frozen(model: nn.Module) -> bool:
     (35.7 -> 29.7 in a slower phase); GPT-2's biased bf16 linears became oneDNN / C++ GEMMs that beat the packed
     kernel (batch 1: 11.0 vs 13.7 ms, batch 8: 23.5 vs 29.0), and so did fp32 (GPT-2: 21 vs 28 ms; fp32 tiles
     stream slower than fp32 rows here). A mix (packed layers next to inductor GEMMs on one torch thread) was worst
-    (GPT-2 bf16 with only its bias-free head packed: 16.9 ms), hence all or none."""
+    (GPT-2 bf16 with only its bias-free head packed: 16.9 ms), hence all or none. With the "vnni2" layout on an
+    AMX Xeon (2 cores) the SWA-MLA step went 28.0-28.5 -> 25.2-26.0 ms; GPT-2 bf16 all packed would gain at batch 1
+    (11.0-11.3 against inductor's 11.7-11.9 ms) and lose at batch 8 (22.3 against 16.0), so biases still keep
+    inductor's GEMMs."""
     linears = [m for m in model.modules() if isinstance(m, Linear)]
     return (
         bool(linears)
@@ -137,6 +143,16 @@ def packing_linears(on: bool):
         yield
     finally:
         _packing = outer
+
+
+@torch.compiler.assume_constant_result
+def _bf16_layout() -> str:
+    """The layout packed bf16 weights take: "vnni2" where the kernels run vdpbf16ps (AVX512-BF16), whose 16-row
+    tiles stream from DRAM ~15% faster at one activation row than the 8-row tiles (27-29 against 23-25 GB/s on 2
+    cores, GPT-2's shapes) and 40-60% faster at 3-8; "tiles" elsewhere (no kernel reads "vnni2" faster there)."""
+    from fastllm.kernels import cpu
+
+    return "vnni2" if cpu.isa() == "avx512bf16" else "tiles"
 
 
 @torch.compiler.assume_constant_result

@@ -12,7 +12,7 @@ import contextlib
 import torch
 
 from fastllm import _cpu
-from fastllm.kernels.reference.linear import PACK_COLS, PACK_ROWS, VNNI_COLS, VNNI_ROWS, packed_shape
+from fastllm.kernels.reference.linear import PACK_COLS, PACK_ROWS, VNNI2_COLS, VNNI_COLS, VNNI_ROWS, packed_shape
 
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2, torch.uint8: 3}  # uint8: the "vnni" layout
 X_DTYPES = (torch.float32, torch.bfloat16)
@@ -20,8 +20,8 @@ X_DTYPES = (torch.float32, torch.bfloat16)
 # int8) wins on the CPUs measured (benches/bench_linear.py).
 MAX_M = 8
 MAX_M_PACKED = 16
-_LAYOUTS = (PACK_ROWS, PACK_COLS, VNNI_ROWS, VNNI_COLS)
-assert (_cpu.PACK_ROWS, _cpu.PACK_COLS, _cpu.VNNI_ROWS, _cpu.VNNI_COLS) == _LAYOUTS, "csrc/cpu/linear.h and reference"
+_LAYOUTS = (PACK_ROWS, PACK_COLS, VNNI_ROWS, VNNI_COLS, VNNI2_COLS)
+assert (_cpu.PACK_ROWS, _cpu.PACK_COLS, _cpu.VNNI_ROWS, _cpu.VNNI_COLS, _cpu.VNNI2_COLS) == _LAYOUTS, "linear.h"
 
 
 _threads: int | None = None  # the kernel's thread count inside `decode_threads`; None: torch's
@@ -94,7 +94,7 @@ def _x_code(x: torch.Tensor) -> int:
     return code
 
 
-def _run(x, x_code, w, w_code, packed, ldw, scale, bias, N, quantize_x=False):
+def _run(x, x_code, w, w_code, packed, ldw, scale, bias, N, quantize_x=False, vnni2=False):
     """The checks every launcher shares (x's dtype code is checked by the caller), then the C++ call."""
     K = x.shape[-1]
     if bias is not None:
@@ -109,7 +109,7 @@ def _run(x, x_code, w, w_code, packed, ldw, scale, bias, N, quantize_x=False):
         _cpu.linear(
             x2.data_ptr(), x_code, M, K, K, w.data_ptr(), w_code, packed, N, ldw,
             0 if scale is None else scale.data_ptr(), 0 if bias is None else bias.data_ptr(),
-            y.data_ptr(), N, _threads or torch.get_num_threads(), quantize_x,
+            y.data_ptr(), N, _threads or torch.get_num_threads(), quantize_x, vnni2,
         )  # fmt: skip
     return y if flat else y.view(*x.shape[:-1], N)
 
@@ -147,10 +147,14 @@ def linear_int8_packed(
 def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
     """x (..., K) @ weight^T + bias -> (..., N) for an fp32 or bf16 weight packed by `pack_weight` (x's dtype):
     the packed tiles stream as one run of memory each (row-major rows of a few KB side by side reached ~75% of
-    the packed speed, measured on bf16). Any number of rows (meant for few: decode)."""
+    the packed speed, measured on bf16). bf16 weights may be packed "vnni2" (vdpbf16ps on CPUs with AVX512-BF16,
+    the layout told by the shape). Any number of rows (meant for few: decode)."""
     code = _x_code(x)
     N, K = out_features, x.shape[-1]
-    if packed.dtype != x.dtype or tuple(packed.shape) != packed_shape(N, K) or not packed.is_cpu:
-        _fail(f"packed weight for ({N}, {K}) must be {packed_shape(N, K)} {x.dtype} on the CPU, got "
-              f"{tuple(packed.shape)} {packed.dtype} on {packed.device}")  # fmt: skip
-    return _run(x, code, packed.contiguous(), code, True, 0, None, bias, N)
+    shape = tuple(packed.shape)
+    vnni2 = x.dtype == torch.bfloat16 and shape == packed_shape(N, K, "vnni2")
+    if packed.dtype != x.dtype or not (vnni2 or shape == packed_shape(N, K)) or not packed.is_cpu:
+        layouts = f"{packed_shape(N, K)}" + (f" or {packed_shape(N, K, 'vnni2')}" if x.dtype == torch.bfloat16 else "")
+        _fail(f"packed weight for ({N}, {K}) must be {layouts} {x.dtype} on the CPU, got "
+              f"{shape} {packed.dtype} on {packed.device}")  # fmt: skip
+    return _run(x, code, packed.contiguous(), code, True, 0, None, bias, N, vnni2=vnni2)

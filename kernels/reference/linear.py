@@ -9,6 +9,9 @@ w ~= codes * scale. The codes are stored packed for the CPU kernels (csrc/cpu/li
   groups, so one 64-byte vector holds 4 columns of 16 rows: the operand of one AVX-512 VNNI instruction against 4
   int8 activations, 16 outputs per vector. W8A8 only (the weight-only kernel reads "tiles"); any other call
   unpacks it.
+Float weights (`pack_weight`) take "tiles" or "vnni2": tiles of VNNI_ROWS rows, each a run of (VNNI2_COLS columns
+x VNNI_ROWS rows) groups, so one 64-byte vector holds 2 bf16 columns of 16 rows, the operand of one AVX512-BF16
+vdpbf16ps against 2 activations (bf16 weights times bf16 activations; other CPUs read it too, slower).
 Everything here is plain torch and runs on any device; it is the oracle of the kernels and the path for devices
 and row counts the kernels do not take.
 """
@@ -18,7 +21,9 @@ import torch.nn.functional as F
 
 PACK_ROWS, PACK_COLS = 8, 64
 VNNI_ROWS, VNNI_COLS = 16, 4
-LAYOUTS = ("tiles", "vnni")
+VNNI2_COLS = 2
+LAYOUTS = ("tiles", "vnni")  # of int8 codes
+WEIGHT_LAYOUTS = ("tiles", "vnni2")  # of float weights
 _VNNI_OFFSET = 128  # "vnni" stores codes + 128 (the unsigned operand of vpdpbusd)
 
 
@@ -34,26 +39,34 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def packed_shape(N: int, K: int, layout: str = "tiles") -> tuple[int, int, int, int]:
     """The shape of (N, K) packed in `layout`: "tiles" (ceil(N / 8), ceil(K / 64), 8, 64), "vnni" (ceil(N / 16),
-    ceil(K / 4), 16, 4)."""
+    ceil(K / 4), 16, 4), "vnni2" (ceil(N / 16), ceil(K / 2), 16, 2)."""
     if layout == "vnni":
         return (-(-N // VNNI_ROWS), -(-K // VNNI_COLS), VNNI_ROWS, VNNI_COLS)
+    if layout == "vnni2":
+        return (-(-N // VNNI_ROWS), -(-K // VNNI2_COLS), VNNI_ROWS, VNNI2_COLS)
     return (-(-N // PACK_ROWS), -(-K // PACK_COLS), PACK_ROWS, PACK_COLS)
 
 
 def packed_layout(packed: torch.Tensor) -> str:
-    """The layout of a `pack_int8` result, told by its dtype: "vnni" for uint8, "tiles" otherwise."""
-    return "vnni" if packed.dtype == torch.uint8 else "tiles"
+    """The layout of a `pack_int8` or `pack_weight` result: "vnni" for uint8, "vnni2" for (..., 16, 2) blocks,
+    "tiles" otherwise."""
+    if packed.dtype == torch.uint8:
+        return "vnni"
+    return "vnni2" if tuple(packed.shape[-2:]) == (VNNI_ROWS, VNNI2_COLS) else "tiles"
 
 
-def pack_weight(weight: torch.Tensor) -> torch.Tensor:
-    """weight (N, K) of any dtype -> packed (ceil(N / 8), ceil(K / 64), 8, 64) in the same dtype, zero-padded.
+def pack_weight(weight: torch.Tensor, *, layout: str = "tiles") -> torch.Tensor:
+    """weight (N, K) of any dtype -> packed in `layout` (module docstring), in the same dtype, zero-padded:
+    "tiles" (ceil(N / 8), ceil(K / 64), 8, 64), "vnni2" (ceil(N / 16), ceil(K / 2), 16, 2).
 
-    Float weights in this layout are what `fastllm::linear_packed` reads; the compiled CPU decode step packs its
-    frozen weights with it (constant-folded: once, when compiling)."""
+    Float weights packed so are what `fastllm::linear_packed` reads; the compiled CPU decode step packs its frozen
+    weights with it (constant-folded: once, when compiling), "vnni2" for bf16 on CPUs with AVX512-BF16."""
     if weight.dim() != 2:
         raise ValueError(f"pack_weight: expected an (N, K) weight, got {tuple(weight.shape)}")
+    if layout not in WEIGHT_LAYOUTS:
+        raise ValueError(f"pack_weight: layout must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
     N, K = weight.shape
-    T, C, R, W = packed_shape(N, K)
+    T, C, R, W = packed_shape(N, K, layout)
     padded = F.pad(weight, (0, C * W - K, 0, T * R - N))  # (Np, Kp)
     return padded.view(T, R, C, W).transpose(1, 2).contiguous()  # (T, C, R, W)
 
@@ -75,7 +88,7 @@ def pack_int8(codes: torch.Tensor, *, layout: str = "tiles") -> torch.Tensor:
 
 
 def unpack_weight(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
-    """The (N, K) weight of a `pack_weight` (or `pack_int8(..., layout="tiles")`) result."""
+    """The (N, K) weight of a `pack_weight` (either layout) or `pack_int8(..., layout="tiles")` result."""
     T, C, R, W = packed.shape
     return packed.transpose(1, 2).reshape(T * R, C * W)[:N, :K]
 
@@ -89,7 +102,8 @@ def unpack_int8(packed: torch.Tensor, N: int, K: int) -> torch.Tensor:
 
 
 def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int):
-    """x (..., K) @ weight^T + bias -> (..., N) for a float weight (N, K) packed by `pack_weight`: F.linear."""
+    """x (..., K) @ weight^T + bias -> (..., N) for a float weight (N, K) packed by `pack_weight` (either layout):
+    F.linear."""
     return F.linear(x, unpack_weight(packed, out_features, x.shape[-1]), bias)
 
 
