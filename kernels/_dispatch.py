@@ -56,6 +56,7 @@ CPU_OPS = (
     "w8a8_linear",
     "linear",
     "linear_packed",
+    "grouped_linear",
     "swa_decode",
     "mla_decode",
     "sample_philox",

@@ -18,6 +18,7 @@ from fastllm.kernels import cpu as _cpu
 from fastllm.kernels._ops import _window
 from fastllm.kernels.reference import sampling as _sampling_ref
 from fastllm.kernels.reference.attention import swa_decode as _swa_decode_ref
+from fastllm.kernels.reference.linear import grouped_linear as _grouped_linear_ref
 from fastllm.kernels.reference.linear import int8_linear as _int8_linear_ref
 from fastllm.kernels.reference.linear import int8_linear_w8a8 as _w8a8_linear_ref
 from fastllm.kernels.reference.linear import linear_packed as _linear_packed_ref
@@ -242,6 +243,35 @@ def _linear_fake(x, weight, bias):
 
 linear = _inference_op(
     "linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor", torch.nn.functional.linear, _linear_fake, cpu=_linear_cpu
+)
+
+
+def _grouped_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return _grouped_linear_ref(x, weight, bias).contiguous()
+
+
+def _grouped_linear_cpu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    if (
+        x.dim() >= 2
+        and x.shape[-2] > 0
+        and x.shape[-1] > 0
+        and x.numel() <= _cpu.MAX_M * x.shape[-2] * x.shape[-1]
+        and x.dtype in _cpu.X_DTYPES
+        and _dispatch.use_cpu_kernel("grouped_linear", x.device)
+    ):
+        return _cpu.grouped_linear(x, weight, bias)
+    return _grouped_linear(x, weight, bias)
+
+
+def _grouped_linear_fake(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[1])
+
+
+grouped_linear = _inference_op(
+    "grouped_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor",
+    _grouped_linear,
+    _grouped_linear_fake,
+    cpu=_grouped_linear_cpu,
 )
 
 

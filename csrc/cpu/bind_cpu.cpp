@@ -20,7 +20,7 @@ const void* ptr(uintptr_t p) { return reinterpret_cast<const void*>(p); }
 
 void linear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t ldx, uintptr_t w, int w_dtype, bool w_packed,
             int64_t N, int64_t ldw, uintptr_t scale, uintptr_t bias, uintptr_t y, int64_t ldy, int threads,
-            bool quantize_x, bool w_vnni2) {
+            bool quantize_x, bool w_vnni2, int64_t groups, int64_t w_group_stride) {
   fastllm::cpu::LinearArgs a;
   a.x = ptr(x);
   a.x_dtype = static_cast<DType>(x_dtype);
@@ -38,6 +38,8 @@ void linear(uintptr_t x, int x_dtype, int64_t M, int64_t K, int64_t ldx, uintptr
   a.ldy = ldy;
   a.quantize_x = quantize_x;
   a.w_vnni2 = w_vnni2;
+  a.groups = groups;
+  a.w_group_stride = w_group_stride;
   py::gil_scoped_release release;
   fastllm::cpu::linear(a, threads);
 }
@@ -93,7 +95,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("linear", &linear, "y = x W^T * scale + bias for small M; raw pointers, see csrc/cpu/linear.h", py::arg("x"),
         py::arg("x_dtype"), py::arg("M"), py::arg("K"), py::arg("ldx"), py::arg("w"), py::arg("w_dtype"),
         py::arg("w_packed"), py::arg("N"), py::arg("ldw"), py::arg("scale"), py::arg("bias"), py::arg("y"),
-        py::arg("ldy"), py::arg("threads"), py::arg("quantize_x") = false, py::arg("w_vnni2") = false);
+        py::arg("ldy"), py::arg("threads"), py::arg("quantize_x") = false, py::arg("w_vnni2") = false,
+        py::arg("groups") = 1, py::arg("w_group_stride") = 0);
   m.def("decode_attention", &decode_attention,
         "decode attention over a ring-buffer or paged KV cache; raw pointers, see csrc/cpu/attention.h", py::arg("dtype"),
         py::arg("sizes"), py::arg("q"), py::arg("q_strides"), py::arg("k"), py::arg("k_strides"), py::arg("v"),

@@ -145,8 +145,45 @@ const Api* api() {
   return &table;
 }
 
+namespace {
+
+int64_t dtype_bytes(DType d) { return d == DType::f32 ? 4 : d == DType::bf16 ? 2 : 1; }
+
+// The groups of a grouped call (LinearArgs::groups), each a call of its own on one thread, spread over the pool:
+// a group's weight is a few hundred KB (MLA: 16 heads x (128, 256) bf16, 64 KB), too little to split.
+struct Groups {
+  const LinearArgs* args;
+  std::atomic<int64_t> next{0};
+};
+
+void run_groups(void* ctx, int) {
+  Groups& s = *static_cast<Groups*>(ctx);
+  const LinearArgs& a = *s.args;
+  const int64_t xb = dtype_bytes(a.x_dtype), wb = dtype_bytes(a.w_dtype);
+  for (;;) {
+    const int64_t g = s.next.fetch_add(1, std::memory_order_relaxed);
+    if (g >= a.groups) return;
+    LinearArgs one = a;
+    one.groups = 1;
+    one.x = static_cast<const char*>(a.x) + g * a.K * xb;
+    one.w = static_cast<const char*>(a.w) + g * a.w_group_stride * wb;
+    if (a.scale != nullptr) one.scale = a.scale + g * a.N;
+    if (a.bias != nullptr) one.bias = static_cast<const char*>(a.bias) + g * a.N * xb;
+    one.y = static_cast<char*>(a.y) + g * a.N * xb;
+    linear(one, 1);
+  }
+}
+
+}  // namespace
+
 void linear(const LinearArgs& a, int threads) {
   if (a.M <= 0 || a.N <= 0) return;
+  if (a.groups > 1) {
+    if (a.w_packed || a.quantize_x) return;  // row-major weights only (the callers check)
+    Groups s{&a};
+    if (threads <= 1) return run_groups(&s, 0);
+    return run_on_pool(threads, run_groups, &s);  // the pool's size kept: resizing restarts its threads
+  }
   const bool packed = a.w_packed;
   const bool vnni = a.w_dtype == DType::u8;  // the VNNI layout: W8A8 only (the callers check)
   const bool a8 = packed && (a.w_dtype == DType::i8 || vnni) && a.quantize_x;

@@ -62,6 +62,11 @@ struct LinearArgs {
   bool quantize_x = false;
   // Packed bf16 weights in the VNNI-2 layout (above) instead of tiles.
   bool w_vnni2 = false;
+  // Grouped (row-major weights, no quantize_x): `groups` independent linears of the same shape side by side (MLA's
+  // per-head up projections): x (M, groups * K), group g's weight (N, K) at w + g * w_group_stride elements (row
+  // stride ldw), its scale and bias at g * N, y (M, groups * N): y[:, g N : (g + 1) N] = x[:, g K : (g + 1) K] W_g^T.
+  int64_t groups = 1;
+  int64_t w_group_stride = 0;
 };
 
 // The instruction set the kernel runs with on this CPU: "avx512bf16" (AVX-512 with bf16 x bf16 calls on

@@ -2,6 +2,7 @@
 // type, row-major and packed (bf16 also VNNI-2), odd shapes, 1..11 activation rows, 1..3 threads, against a double-precision
 // reference; and the thread pool on its own.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -278,8 +279,57 @@ void test_a8() {
   CHECK(fastllm::cpu::force_isa(""));
 }
 
+// Grouped calls (LinearArgs::groups): each group's outputs equal, to the bit, a call of its own on that group's
+// slice of x and its weight (a strided layout: groups and rows apart), bias included; fp32 and bf16, 1..3 threads.
+void test_grouped() {
+  std::mt19937 rng(99);
+  std::normal_distribution<float> normal;
+  for (DType dt : {DType::f32, DType::bf16})
+    for (int threads : {1, 2, 3})
+      for (auto [M, G, N, K] : {std::array<int64_t, 4>{1, 16, 24, 40}, {3, 5, 7, 9}, {8, 2, 33, 130}, {2, 1, 5, 3}}) {
+        const int64_t ldw = K + 3, gs = (N + 2) * ldw, es = dt == DType::f32 ? 4 : 2;
+        std::vector<float> x(M * G * K), w(G * gs), bias(G * N);
+        for (auto* v : {&x, &w, &bias})
+          for (auto& f : *v) f = normal(rng);
+        std::vector<uint16_t> x16(x.size()), w16(w.size()), b16(bias.size());
+        for (size_t i = 0; i < x.size(); ++i) x16[i] = to_bf16(x[i]);
+        for (size_t i = 0; i < w.size(); ++i) w16[i] = to_bf16(w[i]);
+        for (size_t i = 0; i < bias.size(); ++i) b16[i] = to_bf16(bias[i]);
+        const bool f32 = dt == DType::f32;
+        std::vector<char> y(M * G * N * es), one(M * N * es), xg(M * K * es);
+        fastllm::cpu::LinearArgs a;
+        a.x = f32 ? static_cast<const void*>(x.data()) : x16.data();
+        a.x_dtype = a.w_dtype = dt;
+        a.M = M, a.K = K, a.ldx = G * K;
+        a.w = f32 ? static_cast<const void*>(w.data()) : w16.data();
+        a.N = N, a.ldw = ldw;
+        a.bias = f32 ? static_cast<const void*>(bias.data()) : b16.data();
+        a.y = y.data();
+        a.ldy = G * N;
+        a.groups = G;
+        a.w_group_stride = gs;
+        fastllm::cpu::linear(a, threads);
+        for (int64_t g = 0; g < G; ++g) {
+          for (int64_t m = 0; m < M; ++m)  // the group's activations, contiguous
+            std::memcpy(xg.data() + m * K * es, static_cast<const char*>(a.x) + (m * G * K + g * K) * es, K * es);
+          fastllm::cpu::LinearArgs b = a;
+          b.groups = 1;
+          b.x = xg.data();
+          b.ldx = K;
+          b.w = static_cast<const char*>(a.w) + g * gs * es;
+          b.bias = static_cast<const char*>(a.bias) + g * N * es;
+          b.y = one.data();
+          b.ldy = N;
+          fastllm::cpu::linear(b, 1);
+          for (int64_t m = 0; m < M; ++m)
+            CHECK(std::memcmp(one.data() + m * N * es, y.data() + (m * G * N + g * N) * es, N * es) == 0);
+        }
+      }
+}
+
 int main() {
   test_linear();
+  test_grouped();
   test_a8();
   test_pool();
   if (g_failures) std::fprintf(stderr, "%d checks failed\n", g_failures);

@@ -164,6 +164,46 @@ Tensor linear(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
   return run_linear(x, w, dtype_code(x), false, w.stride(0), nullptr, bias, w.size(0), false);
 }
 
+// x (..., G, K), weight (G, N, K) -> (..., G, N): fastllm::grouped_linear (kernels/cpu/linear.py grouped_linear).
+Tensor grouped_linear(const Tensor& x, const Tensor& weight, const OptTensor& bias) {
+  const int64_t G = x.dim() >= 2 ? x.size(-2) : 0, K = x.size(-1);
+  const int64_t N = weight.dim() == 3 ? weight.size(1) : 0;
+  const bool fast = kernel_input(x) && x.dim() >= 2 && G > 0 && K > 0 && N > 0 && x.numel() <= kMaxRows * G * K &&
+                    weight.device().is_cpu() && weight.scalar_type() == x.scalar_type() && weight.dim() == 3 &&
+                    weight.size(0) == G && weight.size(2) == K &&
+                    (!bias.has_value() || (bias->device().is_cpu() && bias->scalar_type() == x.scalar_type() &&
+                                           bias->dim() == 2 && bias->size(0) == G && bias->size(1) == N));
+  if (!fast) {
+    static const auto op = python_op<Tensor(const Tensor&, const Tensor&, const OptTensor&)>("fastllm::grouped_linear");
+    return op.call(x, weight, bias);
+  }
+  const bool strided_ok = weight.stride(2) == 1 && weight.stride(1) >= K && weight.stride(0) >= N * weight.stride(1);
+  const Tensor w = strided_ok ? weight : weight.contiguous();
+  const Tensor x2 = x.reshape({-1, G * K}).contiguous();  // (M, G K)
+  const int64_t M = x2.size(0);
+  Tensor y = at::empty({M, G * N}, x.options());
+  const Tensor b = bias.has_value() ? bias->contiguous() : Tensor();
+  fastllm::cpu::LinearArgs a;
+  a.x = x2.data_ptr();
+  a.x_dtype = dtype_code(x);
+  a.M = M;
+  a.K = K;
+  a.ldx = G * K;
+  a.w = w.data_ptr();
+  a.w_dtype = dtype_code(x);
+  a.N = N;
+  a.ldw = w.stride(1);
+  a.bias = b.defined() ? b.data_ptr() : nullptr;
+  a.y = y.data_ptr();
+  a.ldy = G * N;
+  a.groups = G;
+  a.w_group_stride = w.stride(0);
+  kernels->linear(a, threads());
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return y.view(shape);
+}
+
 Tensor linear_packed(const Tensor& x, const Tensor& packed, const OptTensor& bias, int64_t out_features) {
   // VNNI-2 (bf16 only) or tiles; told by the shape, as the Python op tells them.
   const bool vnni2 = x.scalar_type() == at::kBFloat16 &&
@@ -326,6 +366,7 @@ TORCH_LIBRARY(fastllm_cpu, m) {
   m.def("w8a8_linear(Tensor x, Tensor packed, Tensor scale, Tensor? bias) -> Tensor");
   m.def("linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def("linear_packed(Tensor x, Tensor packed, Tensor? bias, int out_features) -> Tensor");
+  m.def("grouped_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   m.def(
       "swa_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_seqlens, int window, float softmax_scale, "
       "int sink_tokens, Tensor? alibi_slopes, Tensor? rel_bias) -> Tensor");
@@ -339,6 +380,7 @@ TORCH_LIBRARY_IMPL(fastllm_cpu, CPU, m) {
   m.impl("w8a8_linear", &int8_linear<true>);
   m.impl("linear", &linear);
   m.impl("linear_packed", &linear_packed);
+  m.impl("grouped_linear", &grouped_linear);
   m.impl("swa_decode", &swa_decode);
   m.impl("mla_decode", &mla_decode);
 }
@@ -346,6 +388,6 @@ TORCH_LIBRARY_IMPL(fastllm_cpu, CPU, m) {
 // Inference only, like the fastllm:: ops: no autograd formula, and no autograd warning when a graph is
 // traced with parameters that require grad.
 TORCH_LIBRARY_IMPL(fastllm_cpu, Autograd, m) {
-  for (const char* name : {"int8_linear", "w8a8_linear", "linear", "linear_packed", "swa_decode", "mla_decode"})
+  for (const char* name : {"int8_linear", "w8a8_linear", "linear", "linear_packed", "grouped_linear", "swa_decode", "mla_decode"})
     m.impl(name, torch::CppFunction::makeFallthrough());
 }

@@ -7,6 +7,7 @@ from fastllm.kernels.cpu.linear import MAX_M as MAX_M
 from fastllm.kernels.cpu.linear import MAX_M_PACKED as MAX_M_PACKED
 from fastllm.kernels.cpu.linear import X_DTYPES as X_DTYPES
 from fastllm.kernels.cpu.linear import decode_threads as decode_threads
+from fastllm.kernels.cpu.linear import grouped_linear as grouped_linear
 from fastllm.kernels.cpu.linear import isa as isa
 from fastllm.kernels.cpu.linear import linear as linear
 from fastllm.kernels.cpu.linear import linear_int8_packed as linear_int8_packed

@@ -86,6 +86,43 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     return _run(x, code, weight, code, False, weight.stride(0), None, bias, weight.shape[0])
 
 
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., G, K) and G weights (G, N, K) -> (..., G, N): y[..., g, :] = x[..., g, :] @ weight[g]^T + bias[g], fp32
+    or bf16 (one dtype for all), accumulated in fp32: independent linears side by side (MLA's per-head up
+    projections), each group on one thread, the groups over the pool. weight may be a strided view (groups and rows
+    apart, columns contiguous); bias (G, N) or None. Any number of rows (meant for few: decode)."""
+    code = _x_code(x)
+    if x.dim() < 2:
+        _fail(f"x must be (..., G, K), got {tuple(x.shape)}")
+    G, K = x.shape[-2], x.shape[-1]
+    fits = weight.dim() == 3 and weight.shape[0] == G and weight.shape[2] == K
+    if weight.dtype != x.dtype or not fits or not weight.is_cpu:
+        _fail(f"weight must be (G={G}, N, K={K}) {x.dtype} on the CPU, got {tuple(weight.shape)} {weight.dtype} "
+              f"on {weight.device}")  # fmt: skip
+    N = weight.shape[1]
+    if weight.stride(2) != 1 or weight.stride(1) < K or weight.stride(0) < N * weight.stride(1):
+        weight = weight.contiguous()
+    if bias is not None:
+        if bias.dtype != x.dtype or bias.shape != (G, N) or not bias.is_cpu:
+            got = f"{tuple(bias.shape)} {bias.dtype} on {bias.device}"
+            _fail(f"bias must be ({G}, {N}) {x.dtype} on the CPU, got {got}")
+        bias = bias.contiguous()
+    x2 = x.reshape(-1, G * K).contiguous()  # (M, G K)
+    M = x2.shape[0]
+    y = torch.empty(M, G * N, dtype=x.dtype)  # (M, G N)
+    if M and N and K:
+        _cpu.linear(
+            x2.data_ptr(), code, M, K, G * K, weight.data_ptr(), code, False, N, weight.stride(1), 0,
+            0 if bias is None else bias.data_ptr(), y.data_ptr(), G * N, _threads or torch.get_num_threads(),
+            groups=G, w_group_stride=weight.stride(0),
+        )  # fmt: skip
+    elif M and N:
+        y.zero_()
+        if bias is not None:
+            y += bias.reshape(-1)
+    return y.view(*x.shape[:-1], N)
+
+
 def _x_code(x: torch.Tensor) -> int:
     """The C++ dtype code of activations x: fp32 or bf16 on the CPU."""
     code = DTYPE_CODES.get(x.dtype)

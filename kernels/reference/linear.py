@@ -107,6 +107,15 @@ def linear_packed(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
     return F.linear(x, unpack_weight(packed, out_features, x.shape[-1]), bias)
 
 
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (..., G, K) @ weight (G, N, K) per group g (+ bias (G, N)) -> (..., G, N) in x's dtype, computed in fp32:
+    independent linears side by side (MLA's per-head up projections)."""
+    y = torch.einsum("...gk,gnk->...gn", x.float(), weight.float())
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
 def dequantize_int8(packed: torch.Tensor, scale: torch.Tensor, K: int) -> torch.Tensor:
     """The fp32 weight (N, K) = codes * scale[:, None] of a packed int8 weight, N = scale.shape[0]."""
     return unpack_int8(packed, scale.shape[0], K).float() * scale.float()[:, None]
