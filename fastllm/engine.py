@@ -143,8 +143,8 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
     """`decode_one_token` under torch.compile(fullgraph=True), kept on the model for later calls.
 
     compile=True: on CUDA, inductor with CUDA graphs ("reduce-overhead"). On the CPU, inductor with max-autotune and
-    freezing: the weights become constants, packed for inductor's C++ / oneDNN GEMMs, or, in models whose linears
-    are all bf16 without biases (`layers.packs_when_frozen`), into fastllm's 8-row tiles for its C++ kernel;
+    freezing: the weights become constants, packed for inductor's C++ / oneDNN GEMMs, or, where every linear is bf16
+    (with biases: steps of one row; `layers.packs_when_frozen`), into fastllm's tiles for its C++ kernel;
     compiling takes ~20-60 s the first time (inductor caches it on disk). On the CPU the graph calls fastllm's
     kernels as C++ torch operators (`fastllm.kernels.cpu.native`, built on first use, ~10 s). Frozen weights are baked
     in: when a parameter changes (in place or replaced), the next call compiles again, after
@@ -175,7 +175,8 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
         compiled = torch.compile(model, fullgraph=True, mode="max-autotune")
         from fastllm.models.layers import packing_linears, packs_when_frozen
 
-        pack = packs_when_frozen(model)  # bf16 without biases: the linears run fastllm's kernel on packed tiles
+        # bf16 (biases: one row): the linears run fastllm's kernel on packed tiles; by the row count of the call
+        pack = {rows: packs_when_frozen(model, rows) for rows in (1, None)}
         # Read when (re)compiling, so set around every call (inductor's options= of torch.compile would not freeze):
         # frozen weights; a C++ wrapper (the graph's own code without Python, ~0.3 ms a GPT-2 step) where every
         # fastllm op in the graph is a C++ operator; the autotuner's report off stderr. Every model (and cache shape)
@@ -187,7 +188,7 @@ def compiled_decode_step(model, compile: bool | str = True) -> Callable:
         held = _GuardsHeld()
 
         def step(model_, cur: torch.Tensor, cache) -> torch.Tensor:
-            with inductor, dynamo, packing_linears(pack), held(model_, cur, cache):
+            with inductor, dynamo, packing_linears(pack[1 if cur.shape[0] == 1 else None]), held(model_, cur, cache):
                 return compiled(cur[:, None], cache)[:, -1]  # (B, V)
 
     model.__dict__["_fastllm_decode_step"] = (key, weights, step)
@@ -224,15 +225,16 @@ class _GuardsHeld:
         self.cache, self.inputs = (weakref.ref(cache) if held else None), inputs
 
 
-def decode_threads(model, device: torch.device, compile) -> contextlib.AbstractContextManager:
-    """The thread setting of the decode loop. On the CPU, where the step's linear layers run fastllm's C++ kernels
-    (eager steps; int8 layers also when compiled; layers compiled with frozen weights that `packs_when_frozen`),
-    torch's pool at one thread and the kernels on the others (`fastllm.kernels.cpu.decode_threads`); otherwise
-    (other compiled float steps: inductor's GEMMs use torch's pool; CUDA) unchanged."""
+def decode_threads(model, device: torch.device, compile, rows: int | None = None) -> contextlib.AbstractContextManager:
+    """The thread setting of a decode loop of `rows` rows. On the CPU, where the step's linear layers run fastllm's
+    C++ kernels (eager steps; int8 layers also when compiled; layers compiled with frozen weights that
+    `packs_when_frozen` at that row count), torch's pool at one thread and the kernels on the others
+    (`fastllm.kernels.cpu.decode_threads`); otherwise (other compiled float steps: inductor's GEMMs use torch's
+    pool; CUDA) unchanged."""
     from fastllm.models.layers import packs_when_frozen
     from fastllm.quant import is_quantized
 
-    packed = compile is True and packs_when_frozen(model)
+    packed = compile is True and packs_when_frozen(model, rows)
     if device.type != "cpu" or (compile and not is_quantized(model) and not packed):
         return contextlib.nullcontext()
     from fastllm.kernels import cpu
@@ -393,7 +395,7 @@ def generate(
     _sync(device)
     t1 = time.perf_counter()
     every = sync_every or (16 if device.type == "cuda" else 1)
-    with decode_threads(model, device, compile):
+    with decode_threads(model, device, compile, len(rows)):
         steps = decode_n_tokens(
             model, cache, state, logits, max_new_tokens, sampling, generator=generator, ctx=ctx, keep=keep,
             on_step=on_step, sync_every=every, step_fn=step_fn,

@@ -153,3 +153,25 @@ def test_frozen_bf16_decode_step_runs_packed_and_matches_eager(cpu_kernels, monk
     eager, _ = engine.generate(model, prompts, 10, sampling=greedy)
     compiled, _ = engine.generate(model, prompts, 10, sampling=greedy, compile=True)
     assert compiled == eager
+
+
+def test_biased_bf16_packs_at_one_row_where_vnni2(cpu_kernels, monkeypatch):
+    """bf16 linears with biases pack in steps of one row on CPUs with AVX512-BF16 ("vnni2"), elsewhere and at more
+    rows they stay on inductor's GEMMs; tokens equal the eager step's either way."""
+    from fastllm.models.layers import packs_when_frozen
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("gpt2", n_layer=2, d_model=64, n_head=4, vocab_size=97)  # biases everywhere
+    model = Transformer(cfg).eval().to(torch.bfloat16)
+    vnni2 = cpu.isa() == "avx512bf16"
+    assert packs_when_frozen(model, 1) == vnni2 and not packs_when_frozen(model, 2) and not packs_when_frozen(model)
+    greedy = engine.SamplingParams(temperature=0)
+    calls = []
+    real = cpu.linear_packed
+    monkeypatch.setattr(cpu, "linear_packed", lambda *a: calls.append(packed_layout(a[1])) or real(*a))
+    for prompts in ([[5, 6, 7]], [[5, 6, 7], [1, 2]]):
+        calls.clear()
+        eager, _ = engine.generate(model, prompts, 8, sampling=greedy)
+        compiled, _ = engine.generate(model, prompts, 8, sampling=greedy, compile=True)
+        assert compiled == eager
+        assert set(calls) == ({"vnni2"} if vnni2 and len(prompts) == 1 else set())

@@ -206,16 +206,10 @@ inline void vnni2_tiles(const Job& j, int64_t m0, int64_t t) {
   }
 }
 
-// Tiles per pass for B rows: B * T accumulators, T weight registers and a broadcast within the 32 registers.
-template <int B>
-constexpr int vnni2_tiles_for() {
-  return B == 1 ? 12 : B == 2 ? 8 : B == 3 ? 6 : 5;
-}
-
 // Activation rows [m0, m0 + B) against tiles [t, end).
 template <int B>
 inline void vnni2_group(const Job& j, int64_t m0, int64_t t, int64_t end) {
-  constexpr int T = vnni2_tiles_for<B>();
+  constexpr int T = vnni2_pass_tiles(B);
   for (; t + T <= end; t += T) vnni2_tiles<B, T>(j, m0, t);
   switch (end - t) {
     case 11: return vnni2_tiles<B, 11>(j, m0, t);

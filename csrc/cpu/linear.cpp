@@ -249,9 +249,10 @@ void linear(const LinearArgs& a, int threads) {
       std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(1, a.N * a.K / kMinWeightsPerThread));
   if (work_threads <= 1) return rows(job, 0, items);
   // kChunksPerThread chunks per thread balance a loaded machine (a descheduled worker holds at most one
-  // chunk); row chunks are multiples of 8 rows so that only a chunk's last tile can be partial.
+  // chunk); row chunks are multiples of 8 rows so that only a chunk's last tile can be partial; VNNI-2 chunks are
+  // whole passes of its kernel (GPT-2's (768, 768) bf16 weight: 16 chunks of 3 tiles read 3 streams at a time).
   constexpr int64_t kChunksPerThread = 8;
-  const int64_t align = packed ? 1 : 8;
+  const int64_t align = vnni2 ? vnni2_pass_tiles(std::min<int64_t>(a.M, 4)) : packed ? 1 : 8;
   const int64_t chunk = ((items + work_threads * kChunksPerThread - 1) / (work_threads * kChunksPerThread) + align - 1) / align * align;
   Split split{&job, rows, items, chunk};
   run_on_pool(threads, run_chunks, &split);

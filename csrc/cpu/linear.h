@@ -42,6 +42,10 @@ constexpr int kVnniCols = 4;
 // and few accumulators leave the registers to read many tiles side by side (isa_avx512bf16.cpp).
 constexpr int kVnni2Cols = 2;
 
+// Tiles the VNNI-2 kernel reads side by side for b (1..4) activation rows: b * T accumulators, T weight registers and
+// a broadcast within 32 vector registers.
+constexpr int vnni2_pass_tiles(int64_t b) { return b <= 1 ? 12 : b == 2 ? 8 : b == 3 ? 6 : 5; }
+
 // Shapes and pointers of one call. Strides are in elements; the last dimension of every operand is
 // contiguous.
 struct LinearArgs {

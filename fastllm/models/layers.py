@@ -112,26 +112,26 @@ class Linear(nn.Linear):
 _packing = False  # on while the engine traces a compiled CPU step of a model that packs_when_frozen
 
 
-def packs_when_frozen(model: nn.Module) -> bool:
-    """Whether the engine's compiled CPU decode step (weights frozen) runs this model's linears on
-    `fastllm::linear_packed`: every linear layer bf16 without a bias, where the C++ kernels are dispatched; the
-    step then runs inside `fastllm.kernels.cpu.decode_threads` (torch's pool at one thread).
+def packs_when_frozen(model: nn.Module, rows: int | None = None) -> bool:
+    """Whether the engine's compiled CPU decode step (weights frozen) of `rows` rows (None: any) runs this model's
+    linears on `fastllm::linear_packed`, where the C++ kernels are dispatched and every linear layer is bf16: at any
+    row count without biases; with biases at one row, on CPUs where bf16 packs "vnni2" (`_bf16_layout`). The step
+    then runs inside `fastllm.kernels.cpu.decode_threads` (torch's pool at one thread).
 
     Measured on 2 AVX-512 cores, the two compiled paths interleaved in one process: inductor left the bias-free bf16
     linears of the SWA-MLA 262M model on aten::mm (~12 GB/s), and packing them took its step from 32.4 to 25.9 ms
-    (35.7 -> 29.7 in a slower phase); GPT-2's biased bf16 linears became oneDNN / C++ GEMMs that beat the packed
-    kernel (batch 1: 11.0 vs 13.7 ms, batch 8: 23.5 vs 29.0), and so did fp32 (GPT-2: 21 vs 28 ms; fp32 tiles
-    stream slower than fp32 rows here). A mix (packed layers next to inductor GEMMs on one torch thread) was worst
-    (GPT-2 bf16 with only its bias-free head packed: 16.9 ms), hence all or none. With the "vnni2" layout on an
-    AMX Xeon (2 cores) the SWA-MLA step went 28.0-28.5 -> 25.2-26.0 ms; GPT-2 bf16 all packed would gain at batch 1
-    (11.0-11.3 against inductor's 11.7-11.9 ms) and lose at batch 8 (22.3 against 16.0), so biases still keep
-    inductor's GEMMs."""
+    (35.7 -> 29.7 in a slower phase); GPT-2's biased bf16 linears became oneDNN / C++ GEMMs that beat the 8-row tiles
+    (batch 1: 11.0 vs 13.7 ms, batch 8: 23.5 vs 29.0), and so did fp32 (GPT-2: 21 vs 28 ms; fp32 tiles stream
+    slower than fp32 rows here). A mix (packed layers next to inductor GEMMs on one torch thread) was worst (GPT-2
+    bf16 with only its bias-free head packed: 16.9 ms), hence all or none. On an AMX Xeon (2 cores) "vnni2" took the
+    SWA-MLA step from 28.0-28.5 to 25.2-26.0 ms and GPT-2 bf16 at batch 1 from inductor's 11.7-11.9 to 11.0-11.3 ms;
+    at batch 8 GPT-2 stays faster on inductor (16.0 against 22.3), hence biases pack at one row only."""
     linears = [m for m in model.modules() if isinstance(m, Linear)]
-    return (
-        bool(linears)
-        and all(m.weight.dtype == torch.bfloat16 and m.bias is None for m in linears)
-        and use_cpu_kernel("linear_packed", torch.device("cpu"))
-    )
+    if not linears or not all(m.weight.dtype == torch.bfloat16 for m in linears):
+        return False
+    if not use_cpu_kernel("linear_packed", torch.device("cpu")):
+        return False
+    return all(m.bias is None for m in linears) or (rows == 1 and _bf16_layout() == "vnni2")
 
 
 @contextlib.contextmanager
