@@ -1,4 +1,4 @@
-// Dispatch of the decode attention kernel: work items (row, kv head, group of query rows) taken from an
+// Dispatch of the decode attention kernel: work items (batch row, group of query rows) taken from an
 // atomic counter by the threads of the pool, each thread with its own scratch.
 #include "attention.h"
 
@@ -25,7 +25,7 @@ constexpr int64_t kMinWorkPerThreadSetAside = 1 << 14;
 struct Items {
   const DecodeAttnArgs* args;
   AttendFn attend;
-  int64_t items, scratch_floats;
+  int64_t items, rows, scratch_floats;
   float* scratch;  // scratch_floats per thread index
   std::atomic<int64_t> next{0};
 };
@@ -36,7 +36,7 @@ void run_items(void* ctx, int index) {
   for (;;) {
     const int64_t item = s.next.fetch_add(1, std::memory_order_relaxed);
     if (item >= s.items) return;
-    s.attend(*s.args, item, scratch);
+    s.attend(*s.args, item, s.rows, scratch);
   }
 }
 
@@ -51,20 +51,23 @@ int64_t decode_attention_scratch(const DecodeAttnArgs& a) {
 
 void decode_attention(const DecodeAttnArgs& a, int threads, ParallelRun run) {
   if (a.B <= 0 || a.Tq <= 0 || a.H <= 0) return;
-  const int64_t G = a.H / a.Hkv, groups = (a.Tq * G + kAttnRows - 1) / kAttnRows;
-  const int64_t items = a.B * a.Hkv * groups;
   int64_t longest = 0;
   for (int64_t b = 0; b < a.B; ++b) longest = std::max(longest, std::min(a.seqlens[b], attn_key_capacity(a)));
   const int64_t work = a.B * a.Tq * a.H * longest * (a.D + a.Dv);
   const int64_t min_work = run != nullptr || cores_set_aside() ? kMinWorkPerThreadSetAside : kMinWorkPerThread;
-  const int n = static_cast<int>(
-      std::min<int64_t>({std::max(threads, 1), items, std::max<int64_t>(1, work / min_work)}));
+  const int64_t want = std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(1, work / min_work));
+  // Work items: up to kAttnRows query rows (query, head) of one batch row, neighbouring kv heads together; as few
+  // rows per item as give each thread an item (GPT-2, 12 heads on 2 threads: 6 + 6, not 8 + 4).
+  const int64_t R = a.H * a.Tq, items_per_row = (want + a.B - 1) / a.B;
+  const int64_t rows = std::min<int64_t>(kAttnRows, (R + items_per_row - 1) / items_per_row);
+  const int64_t items = a.B * ((R + rows - 1) / rows);
+  const int n = static_cast<int>(std::min<int64_t>(want, items));
   // The pool keeps the size the linear kernels use (resizing it restarts its threads); a thread index
   // of it that finds no item left just returns.
   const int pool = n <= 1 ? 1 : run != nullptr ? n : std::max(threads, 1);
   const int64_t per = decode_attention_scratch(a);
   std::unique_ptr<float[]> scratch(new float[static_cast<size_t>(per * pool)]);
-  Items s{&a, attend_fn(), items, per, scratch.get()};
+  Items s{&a, attend_fn(), items, rows, per, scratch.get()};
   if (pool == 1) return run_items(&s, 0);
   if (run != nullptr) return run(pool, run_items, &s);
   run_on_pool(pool, run_items, &s);

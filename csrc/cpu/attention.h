@@ -53,7 +53,7 @@ inline int64_t attn_key_capacity(const DecodeAttnArgs& a) {
   return a.block_table != nullptr ? a.pages_per_row * a.page_size : a.C;
 }
 
-// Query rows per work item: up to this many of the (query, head) pairs that share a kv head.
+// Query rows per work item: up to this many (query, head) pairs of one batch row, neighbouring kv heads together.
 constexpr int kAttnRows = 8;
 
 // fp32 scratch one work item needs (the caller gives each thread its own).
@@ -69,8 +69,8 @@ using ParallelRun = void (*)(int threads, void (*task)(void* ctx, int index), vo
 void decode_attention(const DecodeAttnArgs& args, int threads, ParallelRun run = nullptr);
 
 // One work item (attention_kernel.h), one copy per instruction set (isa_*.cpp).
-void attend_avx512(const DecodeAttnArgs& args, int64_t item, float* scratch);
-void attend_avx2(const DecodeAttnArgs& args, int64_t item, float* scratch);
-void attend_generic(const DecodeAttnArgs& args, int64_t item, float* scratch);
+void attend_avx512(const DecodeAttnArgs& args, int64_t item, int64_t rows, float* scratch);
+void attend_avx2(const DecodeAttnArgs& args, int64_t item, int64_t rows, float* scratch);
+void attend_generic(const DecodeAttnArgs& args, int64_t item, int64_t rows, float* scratch);
 
 }  // namespace fastllm::cpu

@@ -64,13 +64,15 @@ inline void attn_prefetch(const void* row, int64_t bytes) {
   __builtin_prefetch(p + bytes - 1, 0, 3);  // a row that does not start on a cache line ends on one more
 }
 
-// Work item `item` = ((b * Hkv) + kv head) * groups + group: the group's query rows r = t * G + g
-// (query t, head kv * G + g) against their row's keys. scratch: decode_attention_scratch floats.
+// Work item `item` = b * groups + group: query rows [group * rows, + rows) of batch row b (rows <= kAttnRows) against
+// that row's keys, a row r = (kv * Tq + t) * G + g being query t of head kv * G + g. Rows of neighbouring kv heads
+// share an item, so that its pass over the keys reads each key position's heads side by side (one run of memory in
+// the usual (B, C, Hkv, D) cache) instead of one 128-256-byte row per head thousands of bytes apart.
+// scratch: decode_attention_scratch floats.
 template <class T>
-inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
-  const int64_t G = a.H / a.Hkv, R = a.Tq * G, groups = (R + kAttnRows - 1) / kAttnRows;
-  const int64_t group = item % groups, kv = item / groups % a.Hkv, b = item / groups / a.Hkv;
-  const int64_t r0 = group * kAttnRows, nr = R - r0 < kAttnRows ? R - r0 : kAttnRows;
+inline void attend(const DecodeAttnArgs& a, int64_t item, int64_t rows, float* scratch) {
+  const int64_t G = a.H / a.Hkv, per_kv = a.Tq * G, R = a.Hkv * per_kv, groups = (R + rows - 1) / rows;
+  const int64_t b = item / groups, r0 = item % groups * rows, nr = R - r0 < rows ? R - r0 : rows;
   const int64_t L = a.seqlens[b], Dp = attn_padded(a.D), Dvp = attn_padded(a.Dv);
   const int64_t ring = a.C - a.sinks;
   float* qf = scratch;                   // (nr, Dp) the queries in fp32, zero-padded
@@ -80,12 +82,16 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
   int64_t* koff = reinterpret_cast<int64_t*>(score + kAttnRows * cap);  // (n,) key rows' offsets in the cache
   int64_t* voff = koff + cap;                                           // (n,) value rows' offsets
   int64_t qpos[kAttnRows], head[kAttnRows];
+  const T* kh[kAttnRows];  // each row's kv head in the caches
+  const T* vh[kAttnRows];
   // The keys: positions [lo, L) (lo: the oldest any query of the group sees) and the sinks below lo.
   int64_t lo = L;
   for (int64_t i = 0; i < nr; ++i) {
-    const int64_t r = r0 + i, t = r / G;
+    const int64_t r = r0 + i, kv = r / per_kv, t = r % per_kv / G;
     qpos[i] = L - a.Tq + t;
     head[i] = kv * G + r % G;
+    kh[i] = static_cast<const T*>(a.k) + kv * a.k_sh;
+    vh[i] = static_cast<const T*>(a.v) + kv * a.v_sh;
     if (qpos[i] < 0) continue;
     const int64_t first = a.window > 0 && qpos[i] - a.window + 1 > 0 ? qpos[i] - a.window + 1 : 0;
     lo = first < lo ? first : lo;
@@ -109,22 +115,29 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
       voff[j] = b * a.v_sb + slot * a.v_sc;
     }
   }
-  const T* kb = static_cast<const T*>(a.k) + kv * a.k_sh;
-  const T* vb = static_cast<const T*>(a.v) + kv * a.v_sh;
+  // The item's kv heads [kv0, kv0 + heads): their rows at a key position are prefetched together.
+  const int64_t kv0 = r0 / per_kv, heads = (r0 + nr - 1) / per_kv - kv0 + 1;
+  const T* kb = static_cast<const T*>(a.k) + kv0 * a.k_sh;
+  const T* vb = static_cast<const T*>(a.v) + kv0 * a.v_sh;
+  auto prefetch_heads = [&](const T* base, int64_t off, int64_t head_stride, int64_t bytes) {
+    for (int64_t h = 0; h < heads; ++h) attn_prefetch(base + off + h * head_stride, bytes);
+  };
   // Pass 1: scores (-inf where a query does not see the key), 4 keys at a time; a partial group repeats
   // its first key (a written slot), whose extra dots are dropped.
   constexpr float kNegInf = -__builtin_inff();
   const int64_t kbytes = a.D * static_cast<int64_t>(sizeof(T)), vbytes = a.Dv * static_cast<int64_t>(sizeof(T));
-  for (int64_t j = 0; j < n && j < kAttnPrefetch; ++j) attn_prefetch(kb + koff[j], kbytes);
+  // Keys asked for `ahead` positions before their use: kAttnPrefetch rows of one head, as many bytes for more heads.
+  const int64_t ahead = kAttnPrefetch / heads > 4 ? kAttnPrefetch / heads : 4;
+  for (int64_t j = 0; j < n && j < ahead; ++j) prefetch_heads(kb, koff[j], a.k_sh, kbytes);
   for (int64_t j0 = 0; j0 < n; j0 += 4) {
     const int64_t nk = n - j0 < 4 ? n - j0 : 4;
-    for (int64_t j = j0; j < j0 + nk; ++j) {  // the values of these keys (for pass 2), keys kAttnPrefetch ahead
-      attn_prefetch(vb + voff[j], vbytes);
-      if (j + kAttnPrefetch < n) attn_prefetch(kb + koff[j + kAttnPrefetch], kbytes);
+    for (int64_t j = j0; j < j0 + nk; ++j) {  // the values of these keys (for pass 2), keys `ahead` positions ahead
+      prefetch_heads(vb, voff[j], a.v_sh, vbytes);
+      if (j + ahead < n) prefetch_heads(kb, koff[j + ahead], a.k_sh, kbytes);
     }
-    const T* k[4];
-    for (int u = 0; u < 4; ++u) k[u] = kb + koff[j0 + (u < nk ? u : 0)];
     for (int64_t i = 0; i < nr; ++i) {
+      const T* k[4];
+      for (int u = 0; u < 4; ++u) k[u] = kh[i] + koff[j0 + (u < nk ? u : 0)];
       float dots[4];
       attn_dot4(qf + i * Dp, k, a.D, dots);
       for (int64_t u = 0; u < nk; ++u) {
@@ -150,8 +163,8 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
       p[j] = p[j] == kNegInf ? 0.0f : __builtin_expf(p[j] - m);
       sum += p[j];
     }
-    attn_pv(p, vb, voff, n, a.Dv, acc + i * Dvp);
-    const int64_t t = (r0 + i) / G;
+    attn_pv(p, vh[i], voff, n, a.Dv, acc + i * Dvp);
+    const int64_t t = (r0 + i) % per_kv / G;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a query that sees no key outputs 0
     if (a.lse != nullptr) a.lse[(b * a.Tq + t) * a.H + head[i]] = sum > 0.0f ? m + __builtin_logf(sum) : kNegInf;
     T* o = static_cast<T*>(a.o) + ((b * a.Tq + t) * a.H + head[i]) * a.Dv;
@@ -165,7 +178,7 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
   }
 }
 
-inline void run_attend(const DecodeAttnArgs& a, int64_t item, float* scratch) {
-  if (a.dtype == DType::f32) return attend<float>(a, item, scratch);
-  attend<uint16_t>(a, item, scratch);
+inline void run_attend(const DecodeAttnArgs& a, int64_t item, int64_t rows, float* scratch) {
+  if (a.dtype == DType::f32) return attend<float>(a, item, rows, scratch);
+  attend<uint16_t>(a, item, rows, scratch);
 }

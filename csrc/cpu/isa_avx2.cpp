@@ -58,11 +58,11 @@ struct V {
 #endif
 
 void fastllm::cpu::rows_avx2(const Job& job, int64_t n0, int64_t n1) { avx2::run_rows(job, n0, n1); }
-void fastllm::cpu::attend_avx2(const DecodeAttnArgs& args, int64_t item, float* scratch) {
-  avx2::run_attend(args, item, scratch);
+void fastllm::cpu::attend_avx2(const DecodeAttnArgs& args, int64_t item, int64_t rows, float* scratch) {
+  avx2::run_attend(args, item, rows, scratch);
 }
 #else
 // never called: isa() is never "avx2"
 void fastllm::cpu::rows_avx2(const Job&, int64_t, int64_t) {}
-void fastllm::cpu::attend_avx2(const DecodeAttnArgs&, int64_t, float*) {}
+void fastllm::cpu::attend_avx2(const DecodeAttnArgs&, int64_t, int64_t, float*) {}
 #endif

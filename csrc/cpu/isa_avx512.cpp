@@ -65,11 +65,11 @@ struct V {
 #endif
 
 void fastllm::cpu::rows_avx512(const Job& job, int64_t n0, int64_t n1) { avx512::run_rows(job, n0, n1); }
-void fastllm::cpu::attend_avx512(const DecodeAttnArgs& args, int64_t item, float* scratch) {
-  avx512::run_attend(args, item, scratch);
+void fastllm::cpu::attend_avx512(const DecodeAttnArgs& args, int64_t item, int64_t rows, float* scratch) {
+  avx512::run_attend(args, item, rows, scratch);
 }
 #else
 // never called: isa() is never "avx512"
 void fastllm::cpu::rows_avx512(const Job&, int64_t, int64_t) {}
-void fastllm::cpu::attend_avx512(const DecodeAttnArgs&, int64_t, float*) {}
+void fastllm::cpu::attend_avx512(const DecodeAttnArgs&, int64_t, int64_t, float*) {}
 #endif

@@ -83,6 +83,6 @@ inline void vnni2_rows(const Job& j, int64_t t0, int64_t t1) {
 
 void fastllm::cpu::rows_vnni2_generic(const Job& job, int64_t t0, int64_t t1) { generic::vnni2_rows(job, t0, t1); }
 void fastllm::cpu::rows_generic(const Job& job, int64_t n0, int64_t n1) { generic::run_rows(job, n0, n1); }
-void fastllm::cpu::attend_generic(const DecodeAttnArgs& args, int64_t item, float* scratch) {
-  generic::run_attend(args, item, scratch);
+void fastllm::cpu::attend_generic(const DecodeAttnArgs& args, int64_t item, int64_t rows, float* scratch) {
+  generic::run_attend(args, item, rows, scratch);
 }

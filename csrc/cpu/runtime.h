@@ -9,7 +9,7 @@
 
 namespace fastllm::cpu {
 
-using AttendFn = void (*)(const DecodeAttnArgs&, int64_t item, float* scratch);
+using AttendFn = void (*)(const DecodeAttnArgs&, int64_t item, int64_t rows, float* scratch);
 
 // The decode attention work item of the current instruction set (isa()).
 AttendFn attend_fn();
