@@ -10,8 +10,9 @@
 // query heads, k = the whole latent row [c_kv, k_rope] and v = its first R values (v points into k's
 // rows), no window and no sinks; its pages (block_table) and log-sum-exp output are options here.
 //
-// Per (row, kv head) the kernel scores every key once against all the query heads that share it (GQA)
-// and all Tq queries, takes the softmax in fp32 (two passes over the scores: max, then exp and sum)
+// A work item takes up to kAttnRows (query, head) rows of one batch row, neighbouring kv heads together: it scores
+// each key once per row, reading a key position's heads side by side (GQA rows of one kv head share its keys),
+// takes the softmax in fp32 (two passes over the scores: max, then exp and sum)
 // and accumulates p * v in fp32; q, the caches and o are fp32 or bf16 (one dtype), ALiBi slopes and
 // relative-position biases fp32. The caller (kernels/cpu/attention.py) checks shapes, strides and the
 // ring's capacity (C >= window + sinks + Tq - 1 once it has wrapped) before passing pointers.
