@@ -38,6 +38,7 @@ inline __m512bh load(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p)
 inline __m512bh load(const uint16_t* p, __mmask32 k) { return (__m512bh)_mm512_maskz_loadu_epi16(k, p); }
 
 #include "linear_store.h"
+#include "store16_avx512.h"
 
 // ---- nn.Linear's (N, K) layout ----
 
@@ -148,32 +149,7 @@ inline void rows_packed(const Job& j, int64_t t0, int64_t t1) {
   }
 }
 
-// ---- VNNI-2 tiles (linear.h: 16 rows x 2 columns per vector) ----
-
-// Row m's outputs n .. n + rows - 1 (rows <= 16) from their 16 sums, + bias, in the output dtype: the operations of
-// store_tile in vector form (the same fp32 add, the same rounding to bf16), so the same bits.
-inline void store16(const Job& j, int64_t m, int64_t n, int rows, __m512 v) {
-  const __mmask16 k = rows >= kVnniRows ? __mmask16(0xffff) : __mmask16((1u << rows) - 1);
-  const bool f32 = j.y_dtype == DType::f32;
-  if (j.bias != nullptr) {
-    __m512 b;
-    if (f32) {
-      b = _mm512_maskz_loadu_ps(k, static_cast<const float*>(j.bias) + n);
-    } else {
-      const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(j.bias) + n);
-      b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    v = _mm512_add_ps(v, b);
-  }
-  if (f32) return _mm512_mask_storeu_ps(static_cast<float*>(j.y) + m * j.ldy + n, k, v);
-  // Rounded to nearest even; a NaN keeps its sign and top payload bits, made quiet (f32_to_bf16).
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i even = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), even)), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(j.y) + m * j.ldy + n, k, _mm512_cvtepi32_epi16(r));
-}
+// ---- VNNI-2 tiles (linear.h: 16 rows x 2 columns per vector; outputs through store16_avx512.h) ----
 
 // Activation rows [m0, m0 + B) against T consecutive tiles from tile t: B * T accumulators of 16 outputs and T
 // weight registers; per 2 columns, T vector loads, B broadcasts and B * T vdpbf16ps. T tiles are T streams of

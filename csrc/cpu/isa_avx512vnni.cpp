@@ -91,33 +91,15 @@ inline void rows(const Job& j, int64_t t0, int64_t t1) {
 
 constexpr int kRows = kVnniRows;
 
+#include "store16_avx512.h"
+
 // Row m's outputs n .. n + rows - 1 (rows <= 16) from the 16 sums of (w + 128) q in acc, the operations of
 // store_vnni (linear_a8.cpp) in vector form: the same fp32 multiplies and add, so the same bits.
 inline void store(const Job& j, int64_t m, int64_t n, int rows, __m512i acc) {
   const __mmask16 k = rows >= kRows ? __mmask16(0xffff) : __mmask16((1u << rows) - 1);
   const __m512i dot = _mm512_sub_epi32(acc, _mm512_set1_epi32(kA8Offset * j.xsum[m]));
-  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(j.sx[m]));
-  v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, j.scale + n));
-  const bool f32 = j.y_dtype == DType::f32;
-  if (j.bias != nullptr) {
-    __m512 b;
-    if (f32) {
-      b = _mm512_maskz_loadu_ps(k, static_cast<const float*>(j.bias) + n);
-    } else {
-      const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(j.bias) + n);
-      b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    v = _mm512_add_ps(v, b);
-  }
-  if (f32) return _mm512_mask_storeu_ps(static_cast<float*>(j.y) + m * j.ldy + n, k, v);
-  // bf16, rounded to nearest even; a NaN keeps its sign and top payload bits, made quiet (bf16.h's to_bf16).
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i even = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), even)), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-  _mm256_mask_storeu_epi16(static_cast<uint16_t*>(j.y) + m * j.ldy + n, k, _mm512_cvtepi32_epi16(r));
+  const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(j.sx[m]));
+  store16(j, m, n, rows, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(k, j.scale + n)));
 }
 
 // Activation rows [m0, m0 + B) against T consecutive tiles from tile t: B * T accumulators of 16 outputs
