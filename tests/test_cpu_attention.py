@@ -62,6 +62,33 @@ def test_matches_fp64_reference(isa, dtype, biases, case):
             assert err <= 2 * torch_err + 1e-6, (err, torch_err)
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
+def test_softmax_over_a_wide_range_of_scores(isa):
+    """Scores far below the row's maximum (exp underflows towards 0 and into subnormals) and rows whose key count is
+    no multiple of the vector width: the kernel's vectorized exp against fp64."""
+    for n in (1, 7, 16, 33, 250):
+        args = list(inputs((2, 1, 4, 2, 24, 24, 256, None, 0), torch.float32, n))
+        args[3].fill_(n)
+        args[5] = 9.0  # scores of a few hundred: most probabilities ~0, some subnormal
+        want = fp64(*args)
+        got = cpu.swa_decode(*args)
+        assert (got.double() - want).abs().max().item() <= 2e-6
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
+def test_nan_in_a_seen_key_reaches_the_output(isa):
+    """A NaN score is never the row's maximum and is never dropped as an unseen key: its queries output NaN, the other
+    kv head's do not (as in the reference)."""
+    q, k, v, L, window, scale, sinks, _, _ = inputs((1, 1, 4, 2, 16, 16, 40, None, 0), torch.float32, 5)
+    L.fill_(37)
+    k[0, 35, 1, 3] = float("nan")
+    got = cpu.swa_decode(q, k, v, L, window, scale, sinks, None, None)
+    want = reference(q, k, v, L, window, softmax_scale=scale, sink_tokens=sinks)
+    assert got[0, 0, 2:].isnan().all() and not got[0, 0, :2].isnan().any()
+    assert torch.equal(got.isnan(), want.isnan())
+    torch.testing.assert_close(got[0, 0, :2], want[0, 0, :2], atol=2e-6, rtol=0)
+
+
 def test_unwritten_slots_never_leak():
     """Slots past a row's length (and ring slots of positions outside every window) may hold NaN or inf."""
     for case in CASES:

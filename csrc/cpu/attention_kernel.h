@@ -51,6 +51,36 @@ inline void attn_pv(const float* p, const T* v, const int64_t* off, int64_t n, i
   }
 }
 
+// The softmax numerators of a row of n scores: p[j] = exp(p[j] - m) with m their maximum (exp never overflows), 0
+// where p[j] is -inf (a key the query does not see), a vector at a time (V::exp_minus; the last partial vector
+// through a copy padded with -inf). Returns their sum, m in `max`. A NaN score makes the sum NaN (it is never the
+// maximum).
+inline float attn_exp(float* p, int64_t n, float& max) {
+  constexpr float kNegInf = -__builtin_inff();
+  typename V::reg mv = V::set1(kNegInf);
+  int64_t j = 0;
+  for (; j + V::L <= n; j += V::L) mv = V::max(V::load(p + j), mv);
+  float m = V::hmax(mv);
+  for (int64_t k = j; k < n; ++k) m = p[k] > m ? p[k] : m;
+  max = m;
+  mv = V::set1(m);
+  typename V::reg sum = V::zero();
+  for (j = 0; j + V::L <= n; j += V::L) {
+    const typename V::reg e = V::exp_minus(V::load(p + j), mv);
+    V::store(p + j, e);
+    sum = V::add(sum, e);
+  }
+  if (j < n) {
+    float tail[V::L];
+    for (int64_t k = 0; k < V::L; ++k) tail[k] = j + k < n ? p[j + k] : kNegInf;
+    const typename V::reg e = V::exp_minus(V::load(tail), mv);
+    V::store(tail, e);
+    sum = V::add(sum, e);
+    for (int64_t k = 0; j + k < n; ++k) p[j + k] = tail[k];
+  }
+  return V::hsum(sum);
+}
+
 // Keys and values are rows of a few hundred bytes, read once per decode step from memory (the weights
 // streamed since the previous step have evicted them), in runs too short for the hardware prefetcher to
 // pay off. The kernel asks for rows kAttnPrefetch ahead of their use instead, so that many misses are in
@@ -156,13 +186,8 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, int64_t rows, float* s
   // Pass 2: softmax per query (max first: exp never overflows), p * v, the output.
   for (int64_t i = 0; i < nr; ++i) {
     float* p = score + i * n;
-    float m = kNegInf;
-    for (int64_t j = 0; j < n; ++j) m = p[j] > m ? p[j] : m;
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      p[j] = p[j] == kNegInf ? 0.0f : __builtin_expf(p[j] - m);
-      sum += p[j];
-    }
+    float m;
+    const float sum = attn_exp(p, n, m);
     attn_pv(p, vh[i], voff, n, a.Dv, acc + i * Dvp);
     const int64_t t = (r0 + i) % per_kv / G;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a query that sees no key outputs 0

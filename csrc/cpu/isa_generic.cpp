@@ -44,6 +44,23 @@ struct V {
     for (int i = 0; i < L; ++i) c.v[i] += a.v[i] * b.v[i];
     return c;
   }
+  static reg add(reg a, reg b) {
+    for (int i = 0; i < L; ++i) a.v[i] += b.v[i];
+    return a;
+  }
+  static reg max(reg a, reg b) {  // b where a is NaN
+    for (int i = 0; i < L; ++i) a.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+    return a;
+  }
+  static float hmax(reg a) {
+    float m = a.v[0];
+    for (int i = 1; i < L; ++i) m = a.v[i] > m ? a.v[i] : m;
+    return m;
+  }
+  static reg exp_minus(reg x, reg m) {  // exp(x - m), 0 where x is -inf
+    for (int i = 0; i < L; ++i) x.v[i] = x.v[i] == -__builtin_inff() ? 0.0f : __builtin_expf(x.v[i] - m.v[i]);
+    return x;
+  }
   static float hsum(reg a) {
     float s = 0.0f;
     for (int i = 0; i < L; ++i) s += a.v[i];
