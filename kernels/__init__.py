@@ -288,7 +288,8 @@ def sample(
         return _ops_inference.sample_from_noise(logits, noise, *params, prev_tokens, nan_flag)
     if seed is None and isinstance(temperature, (int, float)) and temperature == 0:
         seed = torch.zeros(1, dtype=torch.int64, device=device)  # greedy: leave the generator alone
-    return _ops_inference.sample_philox(logits, seeds_for(logits, seed, generator), *params, prev_tokens, nan_flag)
+    seeds = seeds_for(logits, seed, generator)
+    return native.op("sample_philox", device)(logits, seeds, *params, prev_tokens, nan_flag)  # greedy rows: C++
 
 
 __all__ = [

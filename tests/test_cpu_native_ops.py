@@ -101,6 +101,39 @@ def test_mla_decode_equals_the_python_op(dtype):
                 assert same(got, want)
 
 
+def sample_args(logits, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, penalty=1.0, prev=None, flag=None):
+    B = logits.shape[0]
+    row = lambda v, t: torch.full((B,), v, dtype=t)  # noqa: E731
+    params = (row(temperature, torch.float32), row(top_k, torch.int64), row(top_p, torch.float32),
+              row(min_p, torch.float32), row(penalty, torch.float32))  # fmt: skip
+    return (logits, torch.tensor([7]), *params, prev, flag)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sample_philox_equals_the_python_op(dtype):
+    """Greedy calls on the C++ argmax (the first index on ties, filters ignored), every other call (a temperature, a
+    penalty over prev_tokens) through the fastllm:: op: the same ids."""
+    g = torch.Generator().manual_seed(0)
+    for B, V in ((1, 1), (3, 50257), (5, 37), (0, 9)):
+        logits = torch.randn(B, V, generator=g).to(dtype)
+        if B > 2:
+            logits[1, 3] = logits[1, V - 2] = logits[1].max() + 1  # a tie: the first index wins
+        prev = torch.randint(-1, V, (B, 6), generator=g)
+        for kw in (dict(), dict(top_k=3, top_p=0.5, min_p=0.1), dict(temperature=0.7), dict(prev=prev, penalty=1.3)):
+            got, want = both("sample_philox", *sample_args(logits, **kw))
+            assert same(got, want), kw
+        if B:
+            assert torch.equal(torch.ops.fastllm_cpu.sample_philox(*sample_args(logits)), logits.float().argmax(-1))
+    bad = torch.tensor([[0.0, 1.0, 2.0], [0.0, float("nan"), 1.0], [float("inf"), 0.0, 0.0]]).to(dtype)
+    flag = torch.zeros(1, dtype=torch.int32)  # where the operator records what the Python op raises
+    assert torch.ops.fastllm_cpu.sample_philox(*sample_args(bad, flag=flag)).tolist() == [2, 1, 0]
+    with pytest.raises(ValueError, match=r"^sample: logits contain NaN; logits contain \+inf$"):
+        K.check_sample_flag(flag)
+    wide = torch.randn(4, 300, generator=g)[:, ::3]  # strided rows, fp64: the Python op serves them
+    for logits in (wide, wide.double()):
+        assert same(*both("sample_philox", *sample_args(logits)))
+
+
 def test_bad_input_raises_the_launchers_errors():
     """Every call the operator does not fully check goes to the fastllm:: op: the same exception and message."""
     x, w, b = linear_args(3, 70, 257, torch.float32, 0, True)
@@ -135,6 +168,13 @@ def test_bad_input_raises_the_launchers_errors():
         ("mla_decode", (mq, kv, torch.full_like(mL, -1), R, msc, table)),
         ("mla_decode", (cq, ckv, torch.full_like(cL, ckv.shape[1] + 1), cR, csc, None)),
         ("mla_decode", (cq, ckv.bfloat16(), cL, cR, csc, None)),
+        ("sample_philox", sample_args(torch.tensor([[0.0, float("nan"), 1.0]]))),
+        ("sample_philox", sample_args(torch.tensor([[0.0, float("inf"), 1.0]]))),
+        ("sample_philox", sample_args(torch.full((2, 3), -float("inf")))),
+        ("sample_philox", sample_args(torch.randn(2, 5), top_k=-1)),
+        ("sample_philox", sample_args(torch.randn(2, 5), top_p=1.5)),
+        ("sample_philox", sample_args(torch.randn(2, 5), penalty=0.0, prev=torch.zeros(2, 1, dtype=torch.long))),
+        ("sample_philox", sample_args(torch.randn(2, 5), temperature=float("nan"))),
     ]
     for name, args in bad:
         with pytest.raises(Exception) as python_error:
@@ -242,6 +282,40 @@ def test_compiled_bf16_swa_mla_step_calls_the_operators():
     names = ops_in_compiled_step(model, prompts)
     want = {"fastllm_cpu::linear_packed", "fastllm_cpu::mla_decode", "fastllm_cpu::swa_decode"}
     assert want <= names and not any(n.startswith("fastllm::") for n in names), sorted(names)
+
+
+def test_compiled_greedy_step_samples_and_records_in_its_graph():
+    """Greedy decoding compiled on the CPU runs `step.greedy`: one graph that decodes, samples on the C++ argmax
+    (fastllm_cpu::sample_philox) and records the ids (EOS, pad masking, the history). Rows stopping at different
+    steps give the eager tokens; NaN logits first met inside the graph raise the sampler's error."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_name("gpt2", n_layer=2, d_model=64, n_head=4, vocab_size=97)).eval()
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 7)]
+    greedy = engine.SamplingParams(temperature=0)
+    free, _ = engine.generate(model, prompts, 12, sampling=greedy)
+    eos = free[0][4]
+    eager, _ = engine.generate(model, prompts, 12, sampling=greedy, eos_ids=[eos])
+    calls = []
+    step = engine.compiled_decode_step(model, True)
+    real = step.greedy
+    step.greedy = lambda *a: calls.append(1) or real(*a)
+    try:
+        compiled, _ = engine.generate(model, prompts, 12, sampling=greedy, eos_ids=[eos], compile=True)
+    finally:
+        step.greedy = real
+    assert compiled == eager and len(eager[0]) == free[0].index(eos) + 1 and calls
+    state = engine.DecodeState([torch.tensor(p) for p in prompts], 4, None, torch.device("cpu"), None, 0, width=256)
+    cache = model.new_cache(2, 32, max_chunk=1)
+    engine.prefill(model, [torch.tensor(p) for p in prompts], cache)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        ids = step.greedy(model, torch.tensor([1, 2]), cache, state)
+    names = {e.key for e in prof.key_averages()}
+    assert "fastllm_cpu::sample_philox" in names and not any(n.startswith("fastllm::") for n in names), sorted(names)
+    assert torch.equal(state.tokens[[0, 1], [3, 7]], ids) and state.pos.flatten().tolist() == [4, 8]
+    with torch.no_grad():
+        model.pos_emb.weight[8] = float("nan")  # the second decode step's position: its logits are NaN
+    with pytest.raises(ValueError, match="NaN"):
+        engine.generate(model, [prompts[0]], 8, sampling=greedy, compile=True)
 
 
 def test_compiled_step_skips_guards_only_where_they_held(monkeypatch):

@@ -6,11 +6,12 @@
 
 #include "attention.h"
 #include "linear.h"
+#include "sampling.h"
 
 namespace fastllm::cpu {
 
 // Bumped whenever a struct below or the table changes layout: the operator library refuses a mismatch.
-constexpr int kApiVersion = 4;
+constexpr int kApiVersion = 5;
 
 struct Api {
   int version;
@@ -19,6 +20,7 @@ struct Api {
   // The thread count `fastllm.kernels.cpu.decode_threads` set aside for the kernels; 0 outside it (the
   // caller then uses torch's intra-op count, as the Python launchers do).
   int (*threads)();
+  decltype(&greedy_rows) greedy;
 };
 
 const Api* api();

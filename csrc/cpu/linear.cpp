@@ -141,7 +141,7 @@ bool cores_set_aside() { return get_threads() > 0; }
 void set_threads(int threads) { api_threads.store(threads > 0 ? threads : 0, std::memory_order_relaxed); }
 
 const Api* api() {
-  static const Api table{kApiVersion, &linear, &decode_attention, &get_threads};
+  static const Api table{kApiVersion, &linear, &decode_attention, &get_threads, &greedy_rows};
   return &table;
 }
 

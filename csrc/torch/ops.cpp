@@ -358,6 +358,53 @@ std::tuple<Tensor, Tensor> mla_decode(const Tensor& q, const Tensor& kv, const T
   return {o, lse};
 }
 
+// ---- sampling ----------------------------------------------------------------------------------------
+
+using SampleSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                         const Tensor&, const OptTensor&, const OptTensor&);
+
+// A per-row sampling parameter as `fastllm.kernels.sample` makes it: (B,) of `type` on the CPU, contiguous.
+bool per_row(const Tensor& t, int64_t B, at::ScalarType type) {
+  return t.device().is_cpu() && t.scalar_type() == type && t.dim() == 1 && t.size(0) == B && t.is_contiguous();
+}
+
+// The greedy calls of the sampler (every row at temperature 0, no repetition penalty, valid filters, which argmax
+// ignores) on the C++ argmax, as the Python op's `_greedy_cpu` does; a compiled decode step samples in its graph this
+// way. Logits holding NaN, +inf or only -inf: with a nan_flag, their error bits are ORed into it and the ids returned
+// (the contract of `fastllm.kernels.sample` for kernels that cannot raise: an exception thrown here would reach the
+// caller of a compiled graph as inductor's "API call failed"; the engine checks the flag after each CPU step);
+// without one, the call goes to the Python op, which raises the reference's error. So does every other call.
+Tensor sample_philox(const Tensor& logits, const Tensor& seed, const Tensor& temperature, const Tensor& top_k,
+                     const Tensor& top_p, const Tensor& min_p, const Tensor& penalty, const OptTensor& prev_tokens,
+                     const OptTensor& nan_flag) {
+  static const auto python = python_op<SampleSig>("fastllm::sample_philox");
+  auto fallback = [&] {
+    return python.call(logits, seed, temperature, top_k, top_p, min_p, penalty, prev_tokens, nan_flag);
+  };
+  if (kernels == nullptr || !float_cpu(logits) || logits.dim() != 2 || logits.size(1) < 1 || logits.stride(1) != 1 ||
+      prev_tokens.has_value())
+    return fallback();
+  const int64_t B = logits.size(0), V = logits.size(1);
+  if (!per_row(temperature, B, at::kFloat) || !per_row(top_k, B, at::kLong) || !per_row(top_p, B, at::kFloat) ||
+      !per_row(min_p, B, at::kFloat) || !per_row(penalty, B, at::kFloat))
+    return fallback();
+  const float* t = temperature.data_ptr<float>();
+  const float *p = top_p.data_ptr<float>(), *mp = min_p.data_ptr<float>(), *r = penalty.data_ptr<float>();
+  const int64_t* k = top_k.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)  // NaN parameters fail these comparisons too
+    if (!(t[b] == 0.0f && k[b] >= 0 && p[b] >= 0.0f && p[b] <= 1.0f && mp[b] >= 0.0f && mp[b] <= 1.0f && r[b] > 0.0f))
+      return fallback();
+  Tensor ids = at::empty({B}, logits.options().dtype(at::kLong));
+  if (B == 0) return ids;
+  const bool flag = nan_flag.has_value() && nan_flag->device().is_cpu() && nan_flag->scalar_type() == at::kInt &&
+                    nan_flag->numel() == 1;
+  if (const int bits = kernels->greedy(logits.data_ptr(), dtype_code(logits), B, V, logits.stride(0), ids.data_ptr<int64_t>())) {
+    if (!flag) return fallback();
+    *nan_flag->data_ptr<int32_t>() |= bits;
+  }
+  return ids;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fastllm_cpu, m) {
@@ -373,6 +420,9 @@ TORCH_LIBRARY(fastllm_cpu, m) {
   m.def(
       "mla_decode(Tensor q, Tensor kv_cache, Tensor cache_seqlens, int kv_lora_rank, float softmax_scale, "
       "Tensor? block_table) -> (Tensor, Tensor)");
+  m.def(
+      "sample_philox(Tensor logits, Tensor seed, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
+      "Tensor repetition_penalty, Tensor? prev_tokens, Tensor(a!)? nan_flag=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastllm_cpu, CPU, m) {
@@ -383,11 +433,13 @@ TORCH_LIBRARY_IMPL(fastllm_cpu, CPU, m) {
   m.impl("grouped_linear", &grouped_linear);
   m.impl("swa_decode", &swa_decode);
   m.impl("mla_decode", &mla_decode);
+  m.impl("sample_philox", &sample_philox);
 }
 
 // Inference only, like the fastllm:: ops: no autograd formula, and no autograd warning when a graph is
 // traced with parameters that require grad.
 TORCH_LIBRARY_IMPL(fastllm_cpu, Autograd, m) {
-  for (const char* name : {"int8_linear", "w8a8_linear", "linear", "linear_packed", "grouped_linear", "swa_decode", "mla_decode"})
+  for (const char* name : {"int8_linear", "w8a8_linear", "linear", "linear_packed", "grouped_linear", "swa_decode",
+                           "mla_decode", "sample_philox"})
     m.impl(name, torch::CppFunction::makeFallthrough());
 }

@@ -31,9 +31,13 @@ import torch
 from fastllm import _cpu
 from fastllm.kernels import _dispatch
 
-OPS = ("int8_linear", "w8a8_linear", "linear", "linear_packed", "grouped_linear", "swa_decode", "mla_decode")
+OPS = (
+    "int8_linear", "w8a8_linear", "linear", "linear_packed", "grouped_linear", "swa_decode", "mla_decode",
+    "sample_philox",
+)  # fmt: skip
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = tuple(_CSRC / p for p in ("torch/ops.cpp", "cpu/api.h", "cpu/linear.h", "cpu/attention.h"))  # ops.cpp first
+_PARTS = ("torch/ops.cpp", "cpu/api.h", "cpu/linear.h", "cpu/attention.h", "cpu/sampling.h")  # ops.cpp first
+SOURCES = tuple(_CSRC / p for p in _PARTS)
 
 _lock = threading.Lock()
 _loaded: bool | None = None  # None: not tried yet
