@@ -20,6 +20,7 @@ CASES = [
     (3, 5, 8, 4, 33, 33, 19, 8, 4),
     (2, 8, 16, 1, 8, 5, 30, 20, 0),  # 128 query rows per kv head: several work items each
     (1, 2, 2, 2, 1, 1, 5, 3, 1),
+    (2, 2, 6, 1, 45, 37, 50, None, 0),  # one kv head: the shared passes, whole vectors and tails of D and Dv
 ]
 
 

@@ -81,6 +81,89 @@ inline float attn_exp(float* p, int64_t n, float& max) {
   return V::hsum(sum);
 }
 
+// Rows of one kv head (an item whose rows share it: MLA's latent head, GQA groups) read the same key and value
+// rows: the two functions below load and widen each once for all NR rows (NR x KU keys or NR x CU column vectors of
+// accumulators in registers), where the per-row passes read them once per row: MLA 262M's 8 rows x 513 keys x 320
+// bf16, 131 -> 60 us an item hot.
+constexpr int kSharedKeys = V::kRegs >= 32 ? 2 : 1;  // keys a step (NR x KU accumulators)
+
+// dots[r * KU + u] for keys k[0, KU) (rows of D elements) against the NR fp32 query rows q (stride Dp, zero-padded).
+template <int NR, class T>
+inline void attn_dots_shared(const float* q, int64_t Dp, const T* const* k, int64_t D, float* dots) {
+  constexpr int KU = kSharedKeys, NA = NR * KU;
+  typename V::reg acc[NA];
+  FASTLLM_UNROLL for (int a = 0; a < NA; ++a) acc[a] = V::zero();
+  int64_t d = 0;
+  for (; d + V::L <= D; d += V::L) {
+    typename V::reg kv[KU];
+    FASTLLM_UNROLL for (int u = 0; u < KU; ++u) kv[u] = V::load(k[u] + d);
+    FASTLLM_UNROLL for (int r = 0; r < NR; ++r) {
+      const typename V::reg qv = V::load(q + r * Dp + d);
+      FASTLLM_UNROLL for (int u = 0; u < KU; ++u) acc[r * KU + u] = V::fma(qv, kv[u], acc[r * KU + u]);
+    }
+  }
+  int a = 0;
+  for (; a + 4 <= NA; a += 4) V::hsum4(acc[a], acc[a + 1], acc[a + 2], acc[a + 3], dots + a);
+  for (; a < NA; ++a) dots[a] = V::hsum(acc[a]);
+  for (; d < D; ++d)
+    for (int r = 0; r < NR; ++r)
+      for (int u = 0; u < KU; ++u) dots[r * KU + u] += q[r * Dp + d] * to_f32(k[u][d]);
+}
+
+// out[r * ldo + d] = sum_j p[r * n + j] * v_j[d] for the NR rows, d < Dv (v_j = v + off[j]): column blocks of CU
+// vectors through the keys, each value vector widened once for all rows (a probability of 0 multiplies a written
+// value row, as in the reference); the columns past the last block per row (attn_pv).
+template <int NR, class T>
+inline void attn_pv_shared(const float* p, int64_t n, const T* v, const int64_t* off, int64_t Dv, float* out,
+                           int64_t ldo) {
+  constexpr int CU = V::kRegs >= 32 ? 2 : 1, W = CU * V::L;
+  int64_t d0 = 0;
+  for (; d0 + W <= Dv; d0 += W) {
+    typename V::reg acc[NR * CU];
+    FASTLLM_UNROLL for (int a = 0; a < NR * CU; ++a) acc[a] = V::zero();
+    for (int64_t j = 0; j < n; ++j) {
+      typename V::reg vv[CU];
+      FASTLLM_UNROLL for (int c = 0; c < CU; ++c) vv[c] = V::load(v + off[j] + d0 + c * V::L);
+      FASTLLM_UNROLL for (int r = 0; r < NR; ++r) {
+        const typename V::reg pv = V::set1(p[r * n + j]);
+        FASTLLM_UNROLL for (int c = 0; c < CU; ++c) acc[r * CU + c] = V::fma(pv, vv[c], acc[r * CU + c]);
+      }
+    }
+    FASTLLM_UNROLL for (int r = 0; r < NR; ++r) FASTLLM_UNROLL for (int c = 0; c < CU; ++c)
+      V::store(out + r * ldo + d0 + c * V::L, acc[r * CU + c]);
+  }
+  if (d0 < Dv)
+    for (int r = 0; r < NR; ++r) attn_pv(p + r * n, v + d0, off, n, Dv - d0, out + r * ldo + d0);
+}
+
+// The two for nr in [2, kAttnRows] rows.
+template <class T>
+inline void attn_dots_shared(int64_t nr, const float* q, int64_t Dp, const T* const* k, int64_t D, float* dots) {
+  switch (nr) {
+    case 2: return attn_dots_shared<2>(q, Dp, k, D, dots);
+    case 3: return attn_dots_shared<3>(q, Dp, k, D, dots);
+    case 4: return attn_dots_shared<4>(q, Dp, k, D, dots);
+    case 5: return attn_dots_shared<5>(q, Dp, k, D, dots);
+    case 6: return attn_dots_shared<6>(q, Dp, k, D, dots);
+    case 7: return attn_dots_shared<7>(q, Dp, k, D, dots);
+    default: return attn_dots_shared<8>(q, Dp, k, D, dots);
+  }
+}
+template <class T>
+inline void attn_pv_shared(int64_t nr, const float* p, int64_t n, const T* v, const int64_t* off, int64_t Dv,
+                           float* out, int64_t ldo) {
+  switch (nr) {
+    case 2: return attn_pv_shared<2>(p, n, v, off, Dv, out, ldo);
+    case 3: return attn_pv_shared<3>(p, n, v, off, Dv, out, ldo);
+    case 4: return attn_pv_shared<4>(p, n, v, off, Dv, out, ldo);
+    case 5: return attn_pv_shared<5>(p, n, v, off, Dv, out, ldo);
+    case 6: return attn_pv_shared<6>(p, n, v, off, Dv, out, ldo);
+    case 7: return attn_pv_shared<7>(p, n, v, off, Dv, out, ldo);
+    default: return attn_pv_shared<8>(p, n, v, off, Dv, out, ldo);
+  }
+}
+static_assert(kAttnRows == 8, "attn_dots_shared / attn_pv_shared dispatch up to 8 rows");
+
 // Keys and values are rows of a few hundred bytes, read once per decode step from memory (the weights
 // streamed since the previous step have evicted them), in runs too short for the hardware prefetcher to
 // pay off. The kernel asks for rows kAttnPrefetch ahead of their use instead, so that many misses are in
@@ -89,6 +172,7 @@ inline float attn_exp(float* p, int64_t n, float& max) {
 constexpr int64_t kAttnPrefetch = 64;
 
 inline void attn_prefetch(const void* row, int64_t bytes) {
+  return;
   const char* p = static_cast<const char*>(row);
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
   __builtin_prefetch(p + bytes - 1, 0, 3);  // a row that does not start on a cache line ends on one more
@@ -122,7 +206,10 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, int64_t rows, float* s
     head[i] = kv * G + r % G;
     kh[i] = static_cast<const T*>(a.k) + kv * a.k_sh;
     vh[i] = static_cast<const T*>(a.v) + kv * a.v_sh;
-    if (qpos[i] < 0) continue;
+    if (qpos[i] < 0) {  // sees no key; its dots (a shared pass computes them) are dropped
+      for (int64_t d = 0; d < Dp; ++d) qf[i * Dp + d] = 0.0f;
+      continue;
+    }
     const int64_t first = a.window > 0 && qpos[i] - a.window + 1 > 0 ? qpos[i] - a.window + 1 : 0;
     lo = first < lo ? first : lo;
     const T* q = static_cast<const T*>(a.q) + b * a.q_sb + t * a.q_st + head[i] * a.q_sh;
@@ -152,46 +239,61 @@ inline void attend(const DecodeAttnArgs& a, int64_t item, int64_t rows, float* s
   auto prefetch_heads = [&](const T* base, int64_t off, int64_t head_stride, int64_t bytes) {
     for (int64_t h = 0; h < heads; ++h) attn_prefetch(base + off + h * head_stride, bytes);
   };
-  // Pass 1: scores (-inf where a query does not see the key), 4 keys at a time; a partial group repeats
-  // its first key (a written slot), whose extra dots are dropped.
+  // Pass 1: scores (-inf where a query does not see the key), 4 keys at a time (kSharedKeys for rows of one kv
+  // head); a partial group repeats its first key (a written slot), whose extra dots are dropped.
   constexpr float kNegInf = -__builtin_inff();
   const int64_t kbytes = a.D * static_cast<int64_t>(sizeof(T)), vbytes = a.Dv * static_cast<int64_t>(sizeof(T));
   // Keys asked for `ahead` positions before their use: kAttnPrefetch rows of one head, as many bytes for more heads.
   const int64_t ahead = kAttnPrefetch / heads > 4 ? kAttnPrefetch / heads : 4;
+  const bool shared = heads == 1 && nr > 1;
+  const int64_t step = shared ? kSharedKeys : 4;
+  auto put = [&](int64_t i, int64_t j, float dot) {
+    const int64_t s = position(j), dist = qpos[i] - s;
+    const bool seen = dist >= 0 && (a.window <= 0 || dist < a.window || s < a.sinks);
+    float x = kNegInf;
+    if (seen) {
+      x = dot * a.scale;
+      if (a.alibi != nullptr) x -= a.alibi[head[i]] * static_cast<float>(dist);
+      if (a.rel_bias != nullptr) x += a.rel_bias[head[i] * a.rel_len + (dist < a.rel_len ? dist : a.rel_len - 1)];
+    }
+    score[i * n + j] = x;
+  };
   for (int64_t j = 0; j < n && j < ahead; ++j) prefetch_heads(kb, koff[j], a.k_sh, kbytes);
-  for (int64_t j0 = 0; j0 < n; j0 += 4) {
-    const int64_t nk = n - j0 < 4 ? n - j0 : 4;
+  for (int64_t j0 = 0; j0 < n; j0 += step) {
+    const int64_t nk = n - j0 < step ? n - j0 : step;
     for (int64_t j = j0; j < j0 + nk; ++j) {  // the values of these keys (for pass 2), keys `ahead` positions ahead
       prefetch_heads(vb, voff[j], a.v_sh, vbytes);
       if (j + ahead < n) prefetch_heads(kb, koff[j + ahead], a.k_sh, kbytes);
+    }
+    if (shared) {
+      const T* k[kSharedKeys];
+      for (int u = 0; u < kSharedKeys; ++u) k[u] = kb + koff[j0 + (u < nk ? u : 0)];
+      float dots[kAttnRows * kSharedKeys];
+      attn_dots_shared(nr, qf, Dp, k, a.D, dots);
+      for (int64_t i = 0; i < nr; ++i)
+        for (int64_t u = 0; u < nk; ++u) put(i, j0 + u, dots[i * kSharedKeys + u]);
+      continue;
     }
     for (int64_t i = 0; i < nr; ++i) {
       const T* k[4];
       for (int u = 0; u < 4; ++u) k[u] = kh[i] + koff[j0 + (u < nk ? u : 0)];
       float dots[4];
       attn_dot4(qf + i * Dp, k, a.D, dots);
-      for (int64_t u = 0; u < nk; ++u) {
-        const int64_t s = position(j0 + u), dist = qpos[i] - s;
-        const bool seen = dist >= 0 && (a.window <= 0 || dist < a.window || s < a.sinks);
-        float x = kNegInf;
-        if (seen) {
-          x = dots[u] * a.scale;
-          if (a.alibi != nullptr) x -= a.alibi[head[i]] * static_cast<float>(dist);
-          if (a.rel_bias != nullptr) x += a.rel_bias[head[i] * a.rel_len + (dist < a.rel_len ? dist : a.rel_len - 1)];
-        }
-        score[i * n + j0 + u] = x;
-      }
+      for (int64_t u = 0; u < nk; ++u) put(i, j0 + u, dots[u]);
     }
   }
-  // Pass 2: softmax per query (max first: exp never overflows), p * v, the output.
+  // Pass 2: softmax per query (attn_exp), p * v, the output.
+  float sum[kAttnRows], m[kAttnRows];
+  for (int64_t i = 0; i < nr; ++i) sum[i] = attn_exp(score + i * n, n, m[i]);
+  if (shared)
+    attn_pv_shared(nr, score, n, vb, voff, a.Dv, acc, Dvp);
+  else
+    for (int64_t i = 0; i < nr; ++i) attn_pv(score + i * n, vh[i], voff, n, a.Dv, acc + i * Dvp);
   for (int64_t i = 0; i < nr; ++i) {
-    float* p = score + i * n;
-    float m;
-    const float sum = attn_exp(p, n, m);
-    attn_pv(p, vh[i], voff, n, a.Dv, acc + i * Dvp);
     const int64_t t = (r0 + i) % per_kv / G;
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a query that sees no key outputs 0
-    if (a.lse != nullptr) a.lse[(b * a.Tq + t) * a.H + head[i]] = sum > 0.0f ? m + __builtin_logf(sum) : kNegInf;
+    const float inv = sum[i] > 0.0f ? 1.0f / sum[i] : 0.0f;  // a query that sees no key outputs 0
+    if (a.lse != nullptr)
+      a.lse[(b * a.Tq + t) * a.H + head[i]] = sum[i] > 0.0f ? m[i] + __builtin_logf(sum[i]) : kNegInf;
     T* o = static_cast<T*>(a.o) + ((b * a.Tq + t) * a.H + head[i]) * a.Dv;
     for (int64_t d = 0; d < a.Dv; ++d) {
       const float x = n > 0 ? acc[i * Dvp + d] * inv : 0.0f;

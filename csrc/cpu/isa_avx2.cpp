@@ -48,7 +48,8 @@ struct V {
   static reg exp_minus(reg x, reg m) {
     const reg seen = _mm256_cmp_ps(x, set1(-__builtin_inff()), _CMP_NEQ_UQ);
     const reg t = _mm256_max_ps(set1(-87.0f), _mm256_sub_ps(x, m));  // 2^n stays normal; NaN stays
-    const reg n = _mm256_round_ps(_mm256_mul_ps(t, set1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const reg n = _mm256_round_ps(_mm256_mul_ps(t, set1(1.44269504088896341f)), kNearest);
     const reg r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), _mm256_fnmadd_ps(n, set1(0.693359375f), t));
     reg p = set1(1.9875691500e-4f);
     p = _mm256_fmadd_ps(p, r, set1(1.3981999507e-3f));

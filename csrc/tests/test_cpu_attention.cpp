@@ -128,6 +128,7 @@ void test_attention() {
       {1, 1, 12, 12, 64, 64, 160, 0, 0, false, DType::f32, 1}, {3, 1, 8, 2, 37, 29, 40, 0, 0, true, DType::f32, 1},
       {2, 3, 6, 3, 17, 17, 23, 9, 2, true, DType::f32, 1},     {2, 4, 4, 1, 20, 12, 31, 16, 3, false, DType::f32, 1},
       {3, 5, 8, 4, 33, 33, 19, 8, 4, true, DType::f32, 1},     {2, 8, 16, 1, 8, 5, 30, 20, 0, false, DType::f32, 1},
+      {2, 2, 6, 1, 45, 37, 50, 0, 0, false, DType::f32, 1},  // one kv head: the shared passes with tails
   };
   for (const char* isa : {"avx512bf16", "avx512", "avx2", "generic"}) {
     if (!fastllm::cpu::force_isa(isa)) continue;

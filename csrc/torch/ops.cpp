@@ -398,7 +398,8 @@ Tensor sample_philox(const Tensor& logits, const Tensor& seed, const Tensor& tem
   if (B == 0) return ids;
   const bool flag = nan_flag.has_value() && nan_flag->device().is_cpu() && nan_flag->scalar_type() == at::kInt &&
                     nan_flag->numel() == 1;
-  if (const int bits = kernels->greedy(logits.data_ptr(), dtype_code(logits), B, V, logits.stride(0), ids.data_ptr<int64_t>())) {
+  int64_t* out = ids.data_ptr<int64_t>();
+  if (const int bits = kernels->greedy(logits.data_ptr(), dtype_code(logits), B, V, logits.stride(0), out)) {
     if (!flag) return fallback();
     *nan_flag->data_ptr<int32_t>() |= bits;
   }
