@@ -348,7 +348,7 @@ def decode_n_tokens(
             if all(state.host_done):
                 steps = i + 1
                 break
-        elif synced and bool(state.done.all()):  # a sync every sync_every steps only
+        elif synced and state.eos is not None and bool(state.done.all()):  # without EOS ids no row ends early
             steps = i + 1
             break
         if i == n - 1:
