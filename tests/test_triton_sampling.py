@@ -375,16 +375,20 @@ def test_engine_decode_loop_syncs_only_every_sync_every_steps(count_syncs):
         kv_lora_rank=12, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6,
     )  # fmt: skip
     model = Transformer(cfg).eval()
-    state = engine.DecodeState([torch.tensor([1, 2, 3, 4, 5, 6, 7])], 20, None, "cpu", None, 0)
-    cache = model.new_cache(1, 7 + 19, max_chunk=1)
-    logits = engine.prefill(model, [state.tokens[0, :7]], cache)
     sampling = engine.SamplingParams(temperature=0.8, top_k=10, repetition_penalty=1.1)
-    with count_syncs:
-        steps = engine.decode_n_tokens(
-            model, cache, state, logits, 20, sampling, generator=torch.Generator().manual_seed(0), sync_every=8
-        )
-    assert steps == 20
-    assert count_syncs.count == 2 * 2 + 1  # steps 8 and 16: the NaN flag and the all-done check; the final flag
+    # an EOS id the model never emits (past the vocabulary): every row runs all 20 steps
+    for eos, reads in ((None, 1), (torch.tensor([1000]), 2)):
+        state = engine.DecodeState([torch.tensor([1, 2, 3, 4, 5, 6, 7])], 20, None, "cpu", eos, 0)
+        cache = model.new_cache(1, 7 + 19, max_chunk=1)
+        logits = engine.prefill(model, [state.tokens[0, :7]], cache)
+        count_syncs.count = 0
+        with count_syncs:
+            steps = engine.decode_n_tokens(
+                model, cache, state, logits, 20, sampling, generator=torch.Generator().manual_seed(0), sync_every=8
+            )
+        assert steps == 20
+        # steps 8 and 16: the NaN flag, and with EOS ids the all-done check; the final flag
+        assert count_syncs.count == 2 * reads + 1
 
 
 def test_engine_raises_on_nan_logits_at_a_sync_point(monkeypatch):
