@@ -86,9 +86,9 @@ def test_int8_packed_matches_fp64(isa, dtype, N, Kd):
 @pytest.mark.parametrize("N,Kd", SHAPES)
 @pytest.mark.parametrize("layout", ["tiles", "vnni"])
 def test_w8a8_matches_reference_to_the_bit(isa, dtype, N, Kd, layout):
-    """W8A8 (activations quantized per row): the kernel (VNNI or portable, either weight layout) and the reference
-    compute the same integer dot products and the same fp32 epilogue, so they agree to the bit; the reference
-    itself against the formula in fp64."""
+    """W8A8 (activations quantized per row): the kernel (VNNI, AMX tiles at 2-16 rows where the CPU has them, or
+    portable; either weight layout) and the reference compute the same integer dot products and the same fp32
+    epilogue, so they agree to the bit; the reference itself against the formula in fp64."""
     from fastllm.kernels.reference.linear import int8_linear_w8a8, quantize_rows_int8
 
     torch.manual_seed(N * Kd)

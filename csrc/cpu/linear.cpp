@@ -59,11 +59,13 @@ int best_isa() {
 
 std::atomic<int> current_isa{best_isa()};
 
-// The W8A8 kernels (tiled or VNNI-layout weights): VNNI with the AVX-512 copies on CPUs that have it, the
-// AVX2 copy for VNNI-layout weights with the AVX2 ones, else the portable ones.
-RowsFn a8_rows(bool vnni_layout) {
+// The W8A8 kernels (tiled or VNNI-layout weights): VNNI with the AVX-512 copies on CPUs that have it (VNNI-layout
+// weights at 2-16 rows on AMX tiles under the "avx512bf16" ISA where AMX is usable), the AVX2 copy for VNNI-layout
+// weights with the AVX2 ones, else the portable ones.
+RowsFn a8_rows(bool vnni_layout, int64_t M) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  if (vnni_layout && M >= 2 && M <= 16 && std::strcmp(isa(), "avx512bf16") == 0 && amx_usable()) return rows_vnni_amx;
   if (vnni && std::strncmp(isa(), "avx512", 6) == 0) return vnni_layout ? rows_vnni_vnni : rows_a8_vnni;
   if (vnni_layout && std::strcmp(isa(), "generic") != 0) return rows_vnni_avx2;
 #endif
@@ -241,7 +243,7 @@ void linear(const LinearArgs& a, int threads) {
     job.xsum = vnni ? xsum.data() : nullptr;
   }
   if (!xb.empty()) job.xb = xb.data();
-  const RowsFn rows = a8 ? a8_rows(vnni) : vnni2 ? (dp ? rows_vnni2_avx512bf16 : rows_vnni2_generic) : isa_rows;
+  const RowsFn rows = a8 ? a8_rows(vnni, a.M) : vnni2 ? (dp ? rows_vnni2_avx512bf16 : rows_vnni2_generic) : isa_rows;
   // Work items: rows, or tiles of kPackRows (kVnniRows) rows when packed.
   const int64_t tile = vnni || vnni2 ? kVnniRows : kPackRows;
   const int64_t items = packed ? (a.N + tile - 1) / tile : a.N;

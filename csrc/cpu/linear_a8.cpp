@@ -5,6 +5,12 @@
 
 #include "bf16.h"
 
+#if defined(__linux__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace fastllm::cpu {
 namespace {
 
@@ -132,6 +138,23 @@ void rows_vnni_generic(const Job& j, int64_t t0, int64_t t1) {
       store_vnni(j, m, n, rows, acc);
     }
   }
+}
+
+// AMX-INT8 in CPUID (leaf 7: EDX bits 24 and 25, AMX-TILE and AMX-INT8) and the tile data state granted to this
+// process by Linux (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, once; refused on kernels before 5.16 and
+// where a hypervisor hides the state): until then a tile instruction faults.
+bool amx_usable() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool usable = [] {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> 24) & 1) || !((d >> 25) & 1)) return false;
+    constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  }();
+  return usable;
+#else
+  return false;
+#endif
 }
 
 }  // namespace fastllm::cpu

@@ -43,5 +43,9 @@ void store_vnni(const Job& job, int64_t m, int64_t n, int rows, const int32_t* a
 void rows_vnni_generic(const Job& job, int64_t t0, int64_t t1);
 void rows_vnni_vnni(const Job& job, int64_t t0, int64_t t1);
 void rows_vnni_avx2(const Job& job, int64_t t0, int64_t t1);
+// The same on AMX tiles (isa_avx512vnni.cpp) for 2 to 16 rows, on CPUs with AMX-INT8 whose OS gave this process the
+// tile state (amx_usable): the same integers, the same results.
+void rows_vnni_amx(const Job& job, int64_t t0, int64_t t1);
+bool amx_usable();
 
 }  // namespace fastllm::cpu
