@@ -54,6 +54,13 @@ inline int64_t attn_key_capacity(const DecodeAttnArgs& a) {
   return a.block_table != nullptr ? a.pages_per_row * a.page_size : a.C;
 }
 
+// The vector exponentials of the softmax (the ISAs' V::exp_minus): x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in a
+// short high part and a low one, so n ln 2 is exact), e^r = 1 + r + r^2 p(r) with p of degree 5 (Cephes' expf: within
+// 2 ulp), then scaled by 2^n.
+constexpr float kExpLog2e = 1.44269504088896341f, kExpLn2Hi = 0.693359375f, kExpLn2Lo = -2.12194440e-4f;
+constexpr float kExpPoly[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                               4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 // Query rows per work item: up to this many (query, head) pairs of one batch row, neighbouring kv heads together.
 constexpr int kAttnRows = 8;
 

@@ -43,20 +43,16 @@ struct V {
     return _mm_cvtss_f32(_mm_max_ss(t, _mm_shuffle_ps(t, t, 1)));
   }
   // exp(x - m) for x <= m, 0 where x is -inf, NaN where x or m is (attention_kernel.h, attn_exp): 2^n times a
-  // polynomial on [-ln 2 / 2, ln 2 / 2] (Cephes' expf: within 2 ulp); below exp(-87) (no subnormals) it stays at
+  // polynomial (attention.h, kExpPoly); below exp(-87) (no subnormals) it stays at
   // ~1e-38 where expf goes on down to 0.
   static reg exp_minus(reg x, reg m) {
     const reg seen = _mm256_cmp_ps(x, set1(-__builtin_inff()), _CMP_NEQ_UQ);
     const reg t = _mm256_max_ps(set1(-87.0f), _mm256_sub_ps(x, m));  // 2^n stays normal; NaN stays
     constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    const reg n = _mm256_round_ps(_mm256_mul_ps(t, set1(1.44269504088896341f)), kNearest);
-    const reg r = _mm256_fnmadd_ps(n, set1(-2.12194440e-4f), _mm256_fnmadd_ps(n, set1(0.693359375f), t));
-    reg p = set1(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, set1(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, set1(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, set1(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, set1(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, set1(5.0000001201e-1f));
+    const reg n = _mm256_round_ps(_mm256_mul_ps(t, set1(kExpLog2e)), kNearest);
+    const reg r = _mm256_fnmadd_ps(n, set1(kExpLn2Lo), _mm256_fnmadd_ps(n, set1(kExpLn2Hi), t));
+    reg p = set1(kExpPoly[0]);
+    for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, set1(kExpPoly[i]));
     p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), set1(1.0f));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(seen, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));

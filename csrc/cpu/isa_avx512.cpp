@@ -46,19 +46,15 @@ struct V {
   static float hmax(reg a) { return _mm512_reduce_max_ps(a); }
   static float hsum(reg a) { return _mm512_reduce_add_ps(a); }
   // exp(x - m) for x <= m, 0 where x is -inf, NaN where x or m is (attention_kernel.h, attn_exp): 2^n times a
-  // polynomial on [-ln 2 / 2, ln 2 / 2] (Cephes' expf: within 2 ulp), scaled by vscalefps (underflow to
+  // polynomial (attention.h, kExpPoly), scaled by vscalefps (underflow to
   // subnormals and 0 rounded as by expf).
   static reg exp_minus(reg x, reg m) {
     const __mmask16 seen = _mm512_cmp_ps_mask(x, set1(-__builtin_inff()), _CMP_NEQ_UQ);
     const reg t = _mm512_max_ps(set1(-104.0f), _mm512_sub_ps(x, m));  // exp(-104) rounds to 0; NaN stays
-    const reg n = _mm512_roundscale_ps(_mm512_mul_ps(t, set1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
-    const reg r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), _mm512_fnmadd_ps(n, set1(0.693359375f), t));
-    reg p = set1(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, set1(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, set1(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, set1(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, set1(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, set1(5.0000001201e-1f));
+    const reg n = _mm512_roundscale_ps(_mm512_mul_ps(t, set1(kExpLog2e)), _MM_FROUND_TO_NEAREST_INT);
+    const reg r = _mm512_fnmadd_ps(n, set1(kExpLn2Lo), _mm512_fnmadd_ps(n, set1(kExpLn2Hi), t));
+    reg p = set1(kExpPoly[0]);
+    for (int i = 1; i < 6; ++i) p = _mm512_fmadd_ps(p, r, set1(kExpPoly[i]));
     p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), set1(1.0f));
     return _mm512_maskz_mov_ps(seen, _mm512_scalef_ps(p, n));
   }

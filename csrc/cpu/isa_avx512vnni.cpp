@@ -207,10 +207,12 @@ FASTLLM_AMX inline void amx_rows(const Job& j, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; t += 2) {
     const bool two = t + 1 < t1;
     const uint8_t* w0 = w + t * stride;
-    const uint8_t* w1 = w0 + stride;
+    const uint8_t* w1 = two ? w0 + stride : w0;  // not past the last tile
     _tile_zero(0);
     _tile_zero(1);
-    for (int64_t k = 0; k < full; k += 64) {  // group k / 4 of a tile starts at byte 16 * k
+    // Tile numbers are immediates of the instructions (asm operands): the whole-column and tail steps are spelled
+    // out. Group k / 4 of a tile starts at byte 16 * k.
+    for (int64_t k = 0; k < full; k += 64) {
       _tile_loadd(2, x + k, K);
       _tile_loadd(3, w0 + 16 * k, 64);
       _tile_dpbsud(0, 2, 3);
