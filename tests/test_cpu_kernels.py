@@ -112,6 +112,42 @@ def test_w8a8_matches_reference_to_the_bit(isa, dtype, N, Kd, layout):
     )
 
 
+@pytest.mark.parametrize("isa", CPU_ISAS, indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("Kd", [1, 5, 16, 17, 70])
+def test_w8a8_activation_quantizer_edge_rows(isa, dtype, Kd):
+    """The activation quantizer (a vector at a time on AVX-512, else portable) on the rows where rounding and the
+    non-finite checks matter, K with and without a partial last vector: through an identity weight the outputs are
+    the codes times the row scale, equal to the reference's to the bit (NaN where the row holds an inf or a NaN)."""
+    from fastllm.kernels.reference.linear import int8_linear_w8a8
+
+    torch.manual_seed(Kd)
+    codes, scale = K.quantize_int8(torch.eye(Kd))
+    tiny = torch.finfo(torch.float32).tiny
+    rows = [
+        torch.randn(Kd),
+        torch.zeros(Kd),
+        torch.full((Kd,), -0.0),
+        torch.randn(Kd) * tiny * 2**-10,  # subnormals: the scale underflows to 0 or a subnormal
+        torch.randn(Kd) * tiny * 2**5,
+        torch.randn(Kd).sign() * 3.0e38,  # near the largest float
+        (torch.arange(Kd) - Kd // 2) * 127.0 / max(Kd // 2, 1) + 0.5,  # codes half way between integers
+    ]
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        row = torch.randn(Kd)
+        row[Kd - 1] = bad  # in the last, possibly partial, vector
+        rows.append(row)
+    x = torch.stack(rows).to(dtype)
+    for layout in ("tiles", "vnni"):
+        packed = K.pack_int8(codes, layout=layout)
+        for m0 in range(0, len(rows), 3):  # 1-3 rows a call: VNNI and (2-16 rows) AMX kernels
+            got = cpu.linear_int8_packed(x[m0 : m0 + 3], packed, scale, None, quantize_x=True)
+            want = int8_linear_w8a8(x[m0 : m0 + 3], packed, scale, None)
+            assert torch.equal(got.isnan(), want.isnan()), (layout, m0)
+            assert torch.equal(got.nan_to_num(), want.nan_to_num()), (layout, m0)
+    assert int8_linear_w8a8(x[-3:], K.pack_int8(codes), scale, None).isnan().all()
+
+
 def test_quantize_and_pack_roundtrip():
     torch.manual_seed(0)
     w = torch.randn(45, 70) * torch.linspace(0.01, 3, 45)[:, None]

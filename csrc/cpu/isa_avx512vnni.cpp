@@ -169,6 +169,50 @@ inline void vnni_rows(const Job& j, int64_t t0, int64_t t1) {
   }
 }
 
+// ---- The activation quantizer (linear_a8.h: quantize_rows) a vector at a time: the same fp32 operations (max of
+// |x|, one division by the scale, clamp, round half to even by adding and subtracting 1.5 * 2^23), so the same codes,
+// scales and sums. The portable loops were ~3 ns an element (GPT-2 at batch 8: 1.6 ms of a 13 ms step). ----
+
+inline __m512 load_masked(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
+inline __m512 load_masked(const uint16_t* p, __mmask16 k) {  // bf16: the top half of the fp32
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(k, p)), 16));
+}
+
+inline __mmask16 first(int64_t n) { return n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1); }
+
+template <class T>
+inline void quantize_row(const T* x, int64_t K, int64_t Kp, int32_t offset, uint8_t* q, float* sx, int32_t* xsum) {
+  const __m512 magnitude = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 largest = _mm512_set1_ps(3.4028235e38f);
+  __m512 amax = _mm512_setzero_ps();
+  __mmask16 bad = 0;  // lanes that met an infinity or a NaN
+  for (int64_t k = 0; k < K; k += 16) {
+    const __m512 a = _mm512_and_ps(load_masked(x + k, first(K - k)), magnitude);
+    bad |= _mm512_cmp_ps_mask(a, largest, _CMP_NLE_UQ);
+    amax = _mm512_max_ps(amax, a);
+  }
+  const float s = bad == 0 ? _mm512_reduce_max_ps(amax) / 127.0f : __builtin_nanf("");
+  *sx = s;
+  if (xsum != nullptr) *xsum = 0;
+  if (!(s > 0.0f)) {  // zeros, or a row with NaN / inf
+    __builtin_memset(q, offset, static_cast<size_t>(Kp));
+    return;
+  }
+  const __m512 scale = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  const __m512 round = _mm512_set1_ps(12582912.0f);  // 1.5 * 2^23
+  const __m512i shift = _mm512_set1_epi32(offset);
+  __m512i sum = _mm512_setzero_si512();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __mmask16 m = first(K - k);
+    const __m512 v = _mm512_min_ps(_mm512_max_ps(_mm512_div_ps(load_masked(x + k, m), scale), lo), hi);
+    const __m512i r = _mm512_cvtps_epi32(_mm512_sub_ps(_mm512_add_ps(v, round), round));  // integral: exact
+    sum = _mm512_add_epi32(sum, r);  // 0 in the lanes past K
+    _mm_mask_storeu_epi8(q + k, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(r, shift)));
+  }
+  if (Kp > K) __builtin_memset(q + K, offset, static_cast<size_t>(Kp - K));
+  if (xsum != nullptr) *xsum = _mm512_reduce_add_epi32(sum);
+}
+
 // ---- AMX (Sapphire Rapids and later): the same VNNI-layout weights as tile operands ----
 //
 // A weight tile of the layout (16 rows x kVnniCols columns a 64-byte group) is, 16 groups at a time, the B operand
@@ -252,9 +296,21 @@ FASTLLM_AMX inline void amx_rows(const Job& j, int64_t t0, int64_t t1) {
 void fastllm::cpu::rows_a8_vnni(const Job& job, int64_t t0, int64_t t1) { vnni::rows(job, t0, t1); }
 void fastllm::cpu::rows_vnni_vnni(const Job& job, int64_t t0, int64_t t1) { vnni::vnni_rows(job, t0, t1); }
 void fastllm::cpu::rows_vnni_amx(const Job& job, int64_t t0, int64_t t1) { vnni::amx_rows(job, t0, t1); }
+void fastllm::cpu::quantize_rows_vnni(const void* x, DType dtype, int64_t M, int64_t K, int64_t ldx, int64_t Kp,
+                                      int32_t offset, uint8_t* xq, float* sx, int32_t* xsum) {
+  for (int64_t m = 0; m < M; ++m) {
+    int32_t* sum = xsum == nullptr ? nullptr : xsum + m;
+    if (dtype == DType::f32)
+      vnni::quantize_row(static_cast<const float*>(x) + m * ldx, K, Kp, offset, xq + m * Kp, sx + m, sum);
+    else
+      vnni::quantize_row(static_cast<const uint16_t*>(x) + m * ldx, K, Kp, offset, xq + m * Kp, sx + m, sum);
+  }
+}
 #else
 // Never called: no VNNI on this target.
 void fastllm::cpu::rows_a8_vnni(const Job&, int64_t, int64_t) {}
 void fastllm::cpu::rows_vnni_vnni(const Job&, int64_t, int64_t) {}
 void fastllm::cpu::rows_vnni_amx(const Job&, int64_t, int64_t) {}
+void fastllm::cpu::quantize_rows_vnni(const void*, DType, int64_t, int64_t, int64_t, int64_t, int32_t, uint8_t*,
+                                      float*, int32_t*) {}
 #endif

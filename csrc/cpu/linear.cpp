@@ -72,6 +72,16 @@ RowsFn a8_rows(bool vnni_layout, int64_t M) {
   return vnni_layout ? rows_vnni_generic : rows_a8_generic;
 }
 
+// The activation quantizer that goes with them: AVX-512 where the VNNI kernels run, else portable (same results).
+using QuantizeFn = void (*)(const void*, DType, int64_t, int64_t, int64_t, int64_t, int32_t, uint8_t*, float*, int32_t*);
+QuantizeFn a8_quantizer() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  if (vnni && std::strncmp(isa(), "avx512", 6) == 0) return quantize_rows_vnni;
+#endif
+  return quantize_rows;
+}
+
 // Below this many weight elements per thread a call runs on the caller alone: handing out the work
 // would cost more than it saves.
 constexpr int64_t kMinWeightsPerThread = 1 << 16;
@@ -203,7 +213,7 @@ void linear(const LinearArgs& a, int threads) {
     xq.resize(static_cast<size_t>(a.M * K));
     sx.resize(static_cast<size_t>(a.M));
     if (vnni) xsum.resize(static_cast<size_t>(a.M));
-    quantize_rows(a.x, a.x_dtype, a.M, a.K, a.ldx, K, vnni ? 0 : kA8Offset, xq.data(), sx.data(),
+    a8_quantizer()(a.x, a.x_dtype, a.M, a.K, a.ldx, K, vnni ? 0 : kA8Offset, xq.data(), sx.data(),
                   vnni ? xsum.data() : nullptr);
   }
   // bf16 x bf16 on the "avx512bf16" ISA: the activations as bf16 (M, K) contiguous, zero-padded to the packed width.

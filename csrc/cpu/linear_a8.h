@@ -26,6 +26,9 @@ constexpr int32_t kA8Offset = 128;
 // a NaN or an infinity gets sx = NaN and zero codes (its outputs are NaN).
 void quantize_rows(const void* x, DType dtype, int64_t M, int64_t K, int64_t ldx, int64_t Kp, int32_t offset,
                    uint8_t* xq, float* sx, int32_t* xsum);
+// The same in AVX-512 (isa_avx512vnni.cpp, called with the VNNI kernels): the same results.
+void quantize_rows_vnni(const void* x, DType dtype, int64_t M, int64_t K, int64_t ldx, int64_t Kp, int32_t offset,
+                        uint8_t* xq, float* sx, int32_t* xsum);
 
 // Stores one pass over a tile: dot[b * 8 + r] (the u8 x s8 sums of activation rows m0 .. m0 + B - 1 and
 // weight rows n .. n + rows - 1) and wsum[r] (each weight row's sum of codes).
