@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "api.h"
@@ -128,6 +129,38 @@ void run_on_pool(int threads, ThreadPool::Task task, void* ctx) {
   std::lock_guard<std::mutex> lock(pool_mu);
   pool_for(std::max(threads, 1)).run(task, ctx);
 }
+
+namespace {
+
+// A decode step reads its weights in the same order every token, with other work between them (norms, attention,
+// the graph's and the interpreter's own work) during which the pool's worker waits and DRAM idles. So each weight
+// remembers the one read after it last time, and once its call is done, the worker prefetches that one's first
+// kPrefetchBytes into its L2 while it waits; the next call starts with them in cache. Medians of 5-8 runs alternating
+// in one process: GPT-2 W8A8 batch 1 5.32 -> 5.19 ms a token, batch 8 11.16 -> 11.00, bf16 batch 1 11.20 -> 10.98,
+// SWA-MLA 262M bf16 24.31 -> 24.03.
+struct NextWeight {
+  const void* w;
+  size_t bytes;
+};
+std::unordered_map<const void*, NextWeight> next_weight;  // guarded by pool_mu, as last_weight
+const void* last_weight = nullptr;
+constexpr size_t kPrefetchBytes = size_t{1} << 20;  // of the worker's 2 MB L2 here; 0.5-2 MB measured alike
+
+void run_weight_on_pool(int threads, Split* split, const void* w, size_t bytes) {
+  std::lock_guard<std::mutex> lock(pool_mu);
+  ThreadPool& pool = pool_for(std::max(threads, 1));
+  if (next_weight.size() > 4096) next_weight.clear();  // many models, or weights replaced: start over
+  if (last_weight != nullptr && last_weight != w) next_weight[last_weight] = {w, bytes};
+  last_weight = w;
+  pool.run(run_chunks, split);
+  const auto next = next_weight.find(w);
+  if (next == next_weight.end())
+    pool.prefetch(nullptr, 0);
+  else
+    pool.prefetch(next->second.w, std::min(next->second.bytes, kPrefetchBytes));
+}
+
+}  // namespace
 
 bool force_isa(const char* name) {
   if (name == nullptr || *name == '\0') {
@@ -267,7 +300,8 @@ void linear(const LinearArgs& a, int threads) {
   const int64_t align = vnni2 ? vnni2_pass_tiles(std::min<int64_t>(a.M, 4)) : packed ? 1 : 8;
   const int64_t chunk = ((items + work_threads * kChunksPerThread - 1) / (work_threads * kChunksPerThread) + align - 1) / align * align;
   Split split{&job, rows, items, chunk};
-  run_on_pool(threads, run_chunks, &split);
+  const int64_t w_bytes = dtype_bytes(a.w_dtype) * (packed ? items * tile * K : a.N * a.ldw);
+  run_weight_on_pool(threads, &split, a.w, static_cast<size_t>(w_bytes));
 }
 
 }  // namespace fastllm::cpu

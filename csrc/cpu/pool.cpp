@@ -51,11 +51,42 @@ void ThreadPool::run(Task task, void* ctx) {
   }
 }
 
+void ThreadPool::prefetch(const void* p, size_t bytes) {
+  if (workers_.empty()) return;
+  std::lock_guard<std::mutex> lock(pf_mu_);
+  pf_next_ = reinterpret_cast<uintptr_t>(p);
+  pf_end_ = pf_next_ + bytes;
+  pf_pending_.store(bytes > 0, std::memory_order_release);
+}
+
+// One 4 KB block of the prefetch asked for, if any is left; false when none is.
+bool ThreadPool::prefetch_block() {
+  constexpr uintptr_t kBlock = 4096;
+  uintptr_t p, end;
+  {
+    std::lock_guard<std::mutex> lock(pf_mu_);
+    p = pf_next_;
+    end = p + kBlock < pf_end_ ? p + kBlock : pf_end_;
+    pf_next_ = end;
+    if (end >= pf_end_) pf_pending_.store(false, std::memory_order_relaxed);
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  for (; p < end; p += 64) _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T1);
+#elif defined(__GNUC__)
+  for (; p < end; p += 64) __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 2);
+#endif
+  return true;
+}
+
 void ThreadPool::work(int index) {
   uint64_t seen = 0;
   for (;;) {
     auto start = std::chrono::steady_clock::now();
     for (int spins = 0; epoch_.load(std::memory_order_acquire) == seen; ++spins) {
+      if (index == 1 && pf_pending_.load(std::memory_order_acquire) && prefetch_block()) {
+        start = std::chrono::steady_clock::now();  // busy, not idle
+        continue;
+      }
       FASTLLM_PAUSE();
       if ((spins & 255) != 255) continue;
       if (std::chrono::steady_clock::now() - start < std::chrono::microseconds(spin_us_)) continue;

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <thread>
@@ -33,6 +34,12 @@ class ThreadPool {
   // Not reentrant: one run at a time per pool (callers serialize).
   void run(Task task, void* ctx);
 
+  // Asks worker 1, while it waits for the next run, to bring [p, p + bytes) into its cache with prefetch
+  // instructions, 4 KB at a time, from the start; a run takes precedence (the worker joins it between two blocks)
+  // and the prefetch goes on after it. Replaces the one asked before; bytes 0 cancels it. Prefetches never fault:
+  // p may be any address, e.g. a weight freed since (the kernels' next-weight guess, linear.cpp).
+  void prefetch(const void* p, size_t bytes);
+
  private:
   void work(int index);
 
@@ -47,6 +54,12 @@ class ThreadPool {
   std::condition_variable wake_;
   int sleeping_ = 0;  // guarded by mu_
   std::atomic<bool> stop_{false};
+  // The prefetch asked for: [pf_next_, pf_end_), both guarded by pf_mu_ (a few locks a call; the worker one per
+  // 4 KB block).
+  bool prefetch_block();
+  std::mutex pf_mu_;
+  uintptr_t pf_next_ = 0, pf_end_ = 0;
+  std::atomic<bool> pf_pending_{false};
 };
 
 }  // namespace fastllm::cpu

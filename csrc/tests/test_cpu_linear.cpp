@@ -202,7 +202,20 @@ void test_pool() {
     fastllm::cpu::ThreadPool pool(threads, 50);
     CHECK(pool.size() == threads);
     std::vector<std::atomic<int>> per_thread(threads);
+    std::vector<char> buffer(3 << 20, 1);
     for (int run = 0; run < 2000; ++run) {
+      // Prefetches pending between runs (worker 1 takes them while it waits): of memory of ours, of memory freed
+      // since, of addresses never mapped (prefetches do not fault), far larger than a run takes to start; a run
+      // still starts and ends as without them, and 0 bytes cancels one.
+      if (run % 4 == 0) pool.prefetch(buffer.data() + run, buffer.size() - run);
+      if (run % 4 == 1) {
+        std::vector<char> freed(1 << 20, 2);
+        const char* p = freed.data();
+        freed = std::vector<char>();
+        pool.prefetch(p, 1 << 20);
+      }
+      if (run % 4 == 2) pool.prefetch(reinterpret_cast<const void*>(uintptr_t{4096}), size_t{1} << 40);
+      if (run % 8 == 3) pool.prefetch(nullptr, 0);
       Chunks c;
       c.per_thread = &per_thread;
       pool.run(take_chunks, &c);
