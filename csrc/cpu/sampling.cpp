@@ -1,6 +1,7 @@
 #include "sampling.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "bf16.h"
 
@@ -52,6 +53,7 @@ int greedy_row(const T* z, int64_t V, int64_t* out) {
 }  // namespace
 
 int greedy_rows(const void* logits, DType dtype, int64_t B, int64_t V, int64_t ld, int64_t* out) {
+  if (std::strncmp(isa(), "avx512", 6) == 0) return greedy_rows_avx512(logits, dtype, B, V, ld, out);
   int flags = 0;
   for (int64_t b = 0; b < B; ++b) {
     if (dtype == DType::f32)
