@@ -14,9 +14,10 @@ decisive), saved with `save_pretrained` and read back by `fastllm.load`. Greedy 
   linears, per-row scales, fastllm's C++ kernel); greedy tokens are compared with transformers' fp32 ones and the
   match fraction recorded (int8 weights change some choices). The bound counts the int8 bytes.
   "fastllm-w8a8-compile": `quantize(model, "w8a8")`, the activations quantized per row too (integer dot products
-  on AVX-512 VNNI, what CTranslate2's int8 mode does), fp32 prompt 16 at batch 1 and 8.
+  on AVX-512 VNNI, what CTranslate2's int8 mode does), prompt 16 at batch 1 and 8, fp32 and bf16 activations (bf16:
+  the KV cache, norms and residuals in bf16 too, half the cache bytes per step).
 - `test_int8_perplexity`: the accuracy cost of int8 weights, as the perplexity change of the bundled model (trained
-  on real English) on 16k tokens of the English and Python corpora.
+  on real English) on 16k tokens of the English and Python corpora: int8 weight-only, W8A8, W8A8 on bf16.
 - `test_generate_swa_mla`: the SWA-MLA 262M preset (sliding-window and MLA layers, ring-buffer and latent caches),
   random weights, bf16, batch 1, prompt 512: ms per decode step for fastllm eager and compiled.
 
@@ -60,7 +61,7 @@ PROVIDERS = [
     "fastllm-w8a8-compile",
 ]
 INT8_CASES = [("float32", 16, 1), ("float32", 16, 8), ("bfloat16", 16, 1)]  # int8 providers run these
-W8A8_CASES = [("float32", 16, 1), ("float32", 16, 8)]
+W8A8_CASES = [("float32", 16, 1), ("float32", 16, 8), ("bfloat16", 16, 1), ("bfloat16", 16, 8)]
 _RESULTS: dict[tuple, dict] = {}  # case -> provider -> (ms per step, tokens)
 
 
@@ -251,13 +252,15 @@ def test_int8_perplexity(bench, corpus, monkeypatch):
         ids = torch.tensor(tok.encode_ordinary(f.read(150_000))[:16384])
     base = perplexity(model.eval(), ids)
     a8 = perplexity(quantize(copy.deepcopy(model), "w8a8"), ids)
+    a8_bf16 = perplexity(quantize(copy.deepcopy(model).to(torch.bfloat16), "w8a8"), ids)  # bf16 activations
     qmodel = quantize(model)
     q = bench(perplexity, qmodel, ids, rounds=1, warmup_rounds=0)  # timed: the int8 model's prefill passes
     info = dict(
         tokens=ids.numel(), ppl_fp32=round(base, 4), ppl_int8=round(q, 4), ppl_delta_pct=round(100 * (q / base - 1), 3)
     )
     info.update(ppl_w8a8=round(a8, 4), ppl_w8a8_delta_pct=round(100 * (a8 / base - 1), 3))
+    info.update(ppl_w8a8_bf16=round(a8_bf16, 4), ppl_w8a8_bf16_delta_pct=round(100 * (a8_bf16 / base - 1), 3))
     bench.info(provider="fastllm-int8", shape=f"bundled model, {corpus}", dtype="float32")
     bench.extra_info.update(info)
     bench.row(bench="int8_perplexity", corpus=corpus, **info)
-    assert abs(q / base - 1) < 0.02 and abs(a8 / base - 1) < 0.02, info
+    assert abs(q / base - 1) < 0.02 and abs(a8 / base - 1) < 0.02 and abs(a8_bf16 / base - 1) < 0.03, info
