@@ -172,7 +172,6 @@ static_assert(kAttnRows == 8, "attn_dots_shared / attn_pv_shared dispatch up to 
 constexpr int64_t kAttnPrefetch = 64;
 
 inline void attn_prefetch(const void* row, int64_t bytes) {
-  return;
   const char* p = static_cast<const char*>(row);
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 3);
   __builtin_prefetch(p + bytes - 1, 0, 3);  // a row that does not start on a cache line ends on one more
