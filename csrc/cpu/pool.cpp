@@ -59,8 +59,8 @@ void ThreadPool::prefetch(const void* p, size_t bytes) {
   pf_pending_.store(bytes > 0, std::memory_order_release);
 }
 
-// One 4 KB block of the prefetch asked for, if any is left; false when none is.
-bool ThreadPool::prefetch_block() {
+// The next 4 KB block of the prefetch asked for (none once it is done or cancelled).
+void ThreadPool::prefetch_block() {
   constexpr uintptr_t kBlock = 4096;
   uintptr_t p, end;
   {
@@ -75,7 +75,6 @@ bool ThreadPool::prefetch_block() {
 #elif defined(__GNUC__)
   for (; p < end; p += 64) __builtin_prefetch(reinterpret_cast<const void*>(p), 0, 2);
 #endif
-  return true;
 }
 
 void ThreadPool::work(int index) {
@@ -83,7 +82,8 @@ void ThreadPool::work(int index) {
   for (;;) {
     auto start = std::chrono::steady_clock::now();
     for (int spins = 0; epoch_.load(std::memory_order_acquire) == seen; ++spins) {
-      if (index == 1 && pf_pending_.load(std::memory_order_acquire) && prefetch_block()) {
+      if (index == 1 && pf_pending_.load(std::memory_order_acquire)) {
+        prefetch_block();
         start = std::chrono::steady_clock::now();  // busy, not idle
         continue;
       }

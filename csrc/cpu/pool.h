@@ -56,7 +56,7 @@ class ThreadPool {
   std::atomic<bool> stop_{false};
   // The prefetch asked for: [pf_next_, pf_end_), both guarded by pf_mu_ (a few locks a call; the worker one per
   // 4 KB block).
-  bool prefetch_block();
+  void prefetch_block();
   std::mutex pf_mu_;
   uintptr_t pf_next_ = 0, pf_end_ = 0;
   std::atomic<bool> pf_pending_{false};
