@@ -60,14 +60,23 @@ int best_isa() {
 
 std::atomic<int> current_isa{best_isa()};
 
+// Whether the AVX-512 VNNI copies run: the CPU has VNNI and an "avx512" ISA is in use.
+bool vnni_isa() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  return vnni && std::strncmp(isa(), "avx512", 6) == 0;
+#else
+  return false;
+#endif
+}
+
 // The W8A8 kernels (tiled or VNNI-layout weights): VNNI with the AVX-512 copies on CPUs that have it (VNNI-layout
 // weights at 2-16 rows on AMX tiles under the "avx512bf16" ISA where AMX is usable), the AVX2 copy for VNNI-layout
 // weights with the AVX2 ones, else the portable ones.
 RowsFn a8_rows(bool vnni_layout, int64_t M) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool vnni = __builtin_cpu_supports("avx512vnni");
   if (vnni_layout && M >= 2 && M <= 16 && std::strcmp(isa(), "avx512bf16") == 0 && amx_usable()) return rows_vnni_amx;
-  if (vnni && std::strncmp(isa(), "avx512", 6) == 0) return vnni_layout ? rows_vnni_vnni : rows_a8_vnni;
+  if (vnni_isa()) return vnni_layout ? rows_vnni_vnni : rows_a8_vnni;
   if (vnni_layout && std::strcmp(isa(), "generic") != 0) return rows_vnni_avx2;
 #endif
   return vnni_layout ? rows_vnni_generic : rows_a8_generic;
@@ -75,13 +84,7 @@ RowsFn a8_rows(bool vnni_layout, int64_t M) {
 
 // The activation quantizer that goes with them: AVX-512 where the VNNI kernels run, else portable (same results).
 using QuantizeFn = void (*)(const void*, DType, int64_t, int64_t, int64_t, int64_t, int32_t, uint8_t*, float*, int32_t*);
-QuantizeFn a8_quantizer() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool vnni = __builtin_cpu_supports("avx512vnni");
-  if (vnni && std::strncmp(isa(), "avx512", 6) == 0) return quantize_rows_vnni;
-#endif
-  return quantize_rows;
-}
+QuantizeFn a8_quantizer() { return vnni_isa() ? quantize_rows_vnni : quantize_rows; }
 
 // Below this many weight elements per thread a call runs on the caller alone: handing out the work
 // would cost more than it saves.
