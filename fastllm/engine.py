@@ -29,8 +29,10 @@ positions never slide: their ring caches never grow, and max_length is ignored f
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -167,7 +169,26 @@ def slide(model, cache, state: DecodeState, b: int, keep: int) -> None:
         model(state.tokens[b : b + 1, n - keep : n - 1], cache.row(b), last_only=True)
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Runs the block (or, as a decorator, each call) with Python's cyclic garbage collector off, then as it was.
+
+    A decode step allocates a few hundred short-lived Python objects (the compiled step's wrappers, tuples), so the
+    collector's young generation fills every few steps and its collections, the older generations' included, walk
+    objects the loop never frees: 1-3% of a compiled CPU decode loop's time in profiles (GPT-2 W8A8 batch 1: 6.89
+    instead of 7.07 ms per token, SWA-MLA 262M 27.5 instead of 27.8, medians alternating in one process). Reference
+    counting still frees everything acyclic at once; cycles made meanwhile wait for the next collection after it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 @torch.no_grad()
+@gc_paused()
 def decode_n_tokens(
     model,
     cache,
@@ -187,7 +208,8 @@ def decode_n_tokens(
 
     `on_step(step, ids)` gets each step's ids (B,) as a host list (one read per step) and returns the rows to stop
     now (e.g. a stop string completed); the loop ends early once every row is done. Raises the sampler's ValueError
-    (e.g. NaN logits) at the first sync point after it was flagged."""
+    (e.g. NaN logits) at the first sync point after it was flagged. Runs with Python's cyclic garbage collector
+    paused (`gc_paused`), `on_step` included."""
     steps = n
     # greedy without a penalty: a compiled CPU step samples and records in its graph (compiled_decode_step)
     plain_greedy = sampling.temperature == 0 and sampling.repetition_penalty == 1

@@ -186,6 +186,33 @@ def test_all_rows_done_stops_early():
     assert all(len(r) <= 3 for r in out) and stats.new_tokens == sum(len(r) for r in out)
 
 
+@pytest.mark.parametrize("enabled_before", [True, False])
+def test_decode_loop_pauses_the_garbage_collector(enabled_before):
+    import gc
+
+    model = tiny_model("gpt2")
+    seen = []
+
+    def on_step(i, ids):
+        seen.append(gc.isenabled())
+        if i == 3:
+            raise KeyboardInterrupt  # the caller's interrupt: the collector's state is restored on the way out
+
+    (gc.enable if enabled_before else gc.disable)()
+    try:
+        free, _ = engine.generate(
+            model, [[1, 2, 3]], 3, sampling=GREEDY, on_step=lambda i, ids: seen.append(gc.isenabled())
+        )
+        assert seen == [False] * 3 and gc.isenabled() == enabled_before
+        assert free[0] == reference(model, [1, 2, 3], 3)
+        seen.clear()
+        with pytest.raises(KeyboardInterrupt):
+            engine.generate(model, [[1, 2, 3]], 8, sampling=GREEDY, on_step=on_step)
+        assert seen == [False] * 4 and gc.isenabled() == enabled_before
+    finally:
+        gc.enable()
+
+
 def test_sampling_goes_through_kernels_sample(monkeypatch):
     calls = []
     real = K.sample
