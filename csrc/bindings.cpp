@@ -412,6 +412,16 @@ PYBIND11_MODULE(_bpe, m) {
       },
       py::arg("text"), py::arg("pattern"), "Pieces of `text` under a pre-tokenization pattern (for tests).");
   m.def(
+      "pretokenize_cut",
+      [](py::handle text, const std::string& pattern, size_t from) {
+        Utf8 s = utf8_of(text);
+        return fastllm::make_pretokenizer(pattern)->cut_at_or_after(s.view, from);
+      },
+      py::arg("text"), py::arg("pattern"), py::arg("from_byte"),
+      "The first UTF-8 offset >= from_byte where the pattern's pieces of `text` separate into those of the two "
+      "halves (a long text is pre-tokenized in such parts on threads), or the text's length if it knows of none "
+      "(for tests).");
+  m.def(
       "piece_parts", [](size_t n) { return fastllm::PieceThreads::hardware().parts(n); }, py::arg("nbytes"),
       "Into how many parts (threads) a single call cuts a piece of `nbytes` bytes by default (benchmarks).");
   m.def(

@@ -10,8 +10,10 @@
 // looked up in the generated two-stage Unicode 16.0 table (unicode_tables.h).
 #include "pretokenize.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 
 #include "regex.h"
@@ -330,6 +332,23 @@ class BuiltinPretokenizer final : public Pretokenizer {
   }
 
   const std::string& pattern() const override { return name_; }
+
+  // At a ' ' between two letters (\p{L}): every pattern's pieces with a letter are runs of letters, marks or
+  // digits, which end before the space, and at the space the letters' alternative matches " y..." whatever came
+  // before.
+  size_t cut_at_or_after(std::string_view text, size_t from) const override {
+    const Text t(text);
+    for (size_t i = std::max<size_t>(from, 1); i + 1 < text.size(); ++i) {
+      const void* space = std::memchr(text.data() + i, ' ', text.size() - 1 - i);
+      if (space == nullptr) break;
+      i = static_cast<size_t>(static_cast<const char*>(space) - text.data());
+      size_t start = i - 1;  // of the code point before the space
+      while (start > 0 && i - start < 4 && is_continuation(static_cast<uint8_t>(text[start]))) --start;
+      const Char before = t.peek(start);
+      if (start + before.len == i && (before.cls & kLetter) && (t.peek(i + 1).cls & kLetter)) return i;
+    }
+    return text.size();
+  }
 
  private:
   std::string name_;

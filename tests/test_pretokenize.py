@@ -30,7 +30,7 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastllm._bpe import pretokenize
+from fastllm._bpe import pretokenize, pretokenize_cut
 
 SHARED = Path(os.environ.get("FASTLLM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CORPORA = sorted((SHARED / "corpora").glob("*.txt"))
@@ -365,6 +365,55 @@ def test_pieces_cover_text(name, text):
     assert "".join(pieces) == text and all(pieces)
 
 
+def assert_separates(text: str, name: str, start: int) -> int:
+    """The cut found from byte `start` splits `text` into halves whose oracle pieces are the text's."""
+    raw = text.encode()
+    cut = pretokenize_cut(text, name, start)
+    assert start <= cut <= len(raw)
+    if cut < len(raw):
+        k = len(raw[:cut].decode())
+        assert oracle_split(text, name) == oracle_split(text[:k], name) + oracle_split(text[k:], name), (text, k)
+    return cut
+
+
+@pytest.mark.parametrize("name", NAMES)
+@hypothesis_settings
+@given(text=texts, data=st.data())
+def test_cuts_separate_pieces(name, text, data):
+    """A long text is pre-tokenized in parts on threads, cut where Pretokenizer::cut_at_or_after says."""
+    assert_separates(text, name, data.draw(st.integers(0, len(text.encode())), label="start"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cuts_separate_pieces_at_letters_and_marks(name):
+    texts = [
+        "ab cd",
+        "a b",
+        " a b ",
+        "é ü",
+        "x\u0301 y",
+        "x \u0301y",
+        "ab 12",
+        "12 ab",
+        "ab\u00a0cd",
+        "a  b",
+        "it's x",
+        "x 's",
+        "Hello World",
+        "\u4e2d \u6587",
+        "a\n b",
+        "a \nb",
+        "\U0001d400 \U0001d401",
+    ]
+    found = 0
+    for text in texts:
+        for start in range(len(text.encode()) + 1):
+            found += assert_separates(text, name, start) < len(text.encode())
+    assert found > 10
+    assert pretokenize_cut("ab cd", name, 0) == 2
+    assert pretokenize_cut("ab cd", r"\S+|\s+", 0) == 5  # a regex pattern knows of no cut
+
+
 # ==== Corpora ====
 
 
@@ -380,6 +429,24 @@ def corpus_params():
 def test_corpus_matches_oracle(path, name):
     text = path.read_text(encoding="utf-8")
     assert pretokenize(text, name) == oracle_split(text, name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("path", corpus_params())
+def test_corpus_cuts_separate_pieces(path, name):
+    text = path.read_text(encoding="utf-8")
+    raw = text.encode()
+    cuts = 0
+    for start in range(0, len(raw), len(raw) // 40):
+        cut = pretokenize_cut(text, name, start)
+        if cut == len(raw):
+            continue
+        cuts += 1
+        k = len(raw[:cut].decode())
+        window = text[max(0, k - 3000) : k + 3000]  # the pieces near the cut, from a text that has the same cut
+        j = k - max(0, k - 3000)
+        assert oracle_split(window, name) == oracle_split(window[:j], name) + oracle_split(window[j:], name)
+    assert cuts > 0 or "zh" in path.name
 
 
 @pytest.mark.parametrize("name", NAMES)
