@@ -404,6 +404,17 @@ def test_cuts_separate_pieces_at_letters_and_marks(name):
         "a\n b",
         "a \nb",
         "\U0001d400 \U0001d401",
+        "end.Next",
+        "end. Next",
+        "x\u0301.y",
+        "a,b;c:d!e?f",
+        "it's.x",
+        "don't.",
+        "x.'s",
+        "d..N",
+        "1:1In",
+        "\u4e2d\uff0c\u6587",
+        "\u0416.\u0416",
     ]
     found = 0
     for text in texts:
