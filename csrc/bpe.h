@@ -203,10 +203,10 @@ class CoreBPE {
   void init_byte_pairs();
   void encode_piece(const char* p, size_t n, const BytesKey& key, PieceCache& cache, const PieceThreads& threads,
                     std::vector<uint32_t>& out) const;
-  // encode_ordinary after the cut into parts: one pre-tokenization of all of `text`, then its pieces in groups or
-  // a giant piece in parts per `threads`.
-  void encode_split(std::string_view text, std::vector<uint32_t>& out, const PieceThreads& threads) const;
-  // The pieces spans[0, count) of `text`, on this thread; linear_short: see encode_split.
+  // The pieces `spans` of `text` (all of its pieces): in groups of pieces or a giant piece in parts per `threads`.
+  void encode_pieces(std::string_view text, const std::vector<Span>& spans, std::vector<uint32_t>& out,
+                     const PieceThreads& threads) const;
+  // The pieces spans[0, count) of `text`, on this thread; linear_short: see encode_pieces.
   void encode_spans(std::string_view text, const Span* spans, size_t count, bool linear_short,
                     const PieceThreads& threads, std::vector<uint32_t>& out) const;
   void merge_small(const char* p, size_t n, std::vector<uint32_t>& out) const;

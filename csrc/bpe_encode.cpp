@@ -89,10 +89,10 @@ inline void CoreBPE::encode_piece(const char* p, size_t n, const BytesKey& key, 
 // ==== Encoding ====
 
 void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out, const PieceThreads& threads) const {
-  // A long text in parts, each pre-tokenized and encoded on a thread of its own, where the pattern can cut it near
-  // equal shares (Pretokenizer::cut_at_or_after): pre-tokenization is ~40% of encoding English, which the pieces'
-  // groups (encode_split) leave on one thread. Parts cut further off their shares (a giant piece there) leave the
-  // text to encode_split, which can split that piece.
+  // A long text is pre-tokenized in parts on threads where the pattern can cut it near equal shares
+  // (Pretokenizer::cut_at_or_after; pre-tokenization is ~40% of encoding English), then each part's pieces are
+  // encoded on its thread too, unless a piece is too long for groups of pieces (text_parts: a giant piece, which
+  // encode_pieces cuts into parts instead).
   const size_t parts = threads.parts(text.size());
   std::vector<size_t> cut{0};
   for (size_t i = 1; i < parts; ++i) {
@@ -100,19 +100,36 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out,
     if (c >= text.size() || c <= cut.back() || c - share > text.size() / (4 * parts)) break;
     cut.push_back(c);
   }
-  if (parts < 2 || cut.size() < parts) return encode_split(text, out, threads);
+  if (parts < 2 || cut.size() < parts) {
+    thread_local std::vector<Span> spans;
+    spans.clear();
+    pretokenizer_->split(text, spans);
+    return encode_pieces(text, spans, out, threads);
+  }
   cut.push_back(text.size());
-  std::vector<std::vector<uint32_t>> ids(parts - 1);  // part 0 appends to `out`
-  on_threads(parts, [&](size_t g) {
-    encode_split(text.substr(cut[g], cut[g + 1] - cut[g]), g == 0 ? out : ids[g - 1], PieceThreads{});
-  });
-  append_parts(out, ids);
+  auto part = [&](size_t g) { return text.substr(cut[g], cut[g + 1] - cut[g]); };
+  std::vector<std::vector<Span>> spans(parts);  // offsets within each part
+  on_threads(parts, [&](size_t g) { pretokenizer_->split(part(g), spans[g]); });
+  size_t longest = 0, count = 0;
+  for (const auto& v : spans) {
+    count += v.size();
+    for (const Span& s : v) longest = std::max(longest, s.second - s.first);
+  }
+  if (threads.text_parts(text.size(), longest, count) >= 2) {
+    std::vector<std::vector<uint32_t>> ids(parts - 1);  // part 0 appends to `out`
+    on_threads(parts, [&](size_t g) { encode_pieces(part(g), spans[g], g == 0 ? out : ids[g - 1], PieceThreads{}); });
+    append_parts(out, ids);
+    return;
+  }
+  std::vector<Span> all;  // the text's pieces
+  all.reserve(count);
+  for (size_t g = 0; g < parts; ++g)
+    for (const Span& s : spans[g]) all.emplace_back(s.first + cut[g], s.second + cut[g]);
+  encode_pieces(text, all, out, threads);
 }
 
-void CoreBPE::encode_split(std::string_view text, std::vector<uint32_t>& out, const PieceThreads& threads) const {
-  thread_local std::vector<Span> spans;
-  spans.clear();
-  pretokenizer_->split(text, spans);
+void CoreBPE::encode_pieces(std::string_view text, const std::vector<Span>& spans, std::vector<uint32_t>& out,
+                            const PieceThreads& threads) const {
   // Pieces of 13 to 24 bytes that miss the cache take the linear path too when this text keeps its tables
   // in the caches (a quarter of its bytes or more in long pieces: text without spaces, CJK): then it is
   // faster than the scan, whose hash lookups miss. In other text (code) the scan is.

@@ -1115,6 +1115,11 @@ def test_long_text_groups_match_tiktoken(name):
     texts = {f.name: corpus(f)[:60_000] for f in CORPUS_FILES}
     texts["no-spaces"] = corpus(CORPORA / "english_kjv.txt")[:60_000].replace(" ", "")
     texts["mixed"] = texts["english_kjv.txt"][:20_000] + "x" * 9_000 + "<|endoftext|>" + texts["no-spaces"][:20_000]
+    # cut at the first space past half, one part then holds a piece longer than groups allow: the parts' pieces
+    # go on as one text's (encode_pieces cuts the giant piece instead)
+    texts["giant-then-words"] = (
+        "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=33_000)) + " " + texts["english_kjv.txt"][:27_000]
+    )
     for kind, text in texts.items():
         expected = enc.encode_ordinary(text)
         pieces = _bpe.pretokenize(text, core.pattern)
