@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <thread>
 
 #include "bpe.h"
@@ -413,14 +414,14 @@ PYBIND11_MODULE(_bpe, m) {
       py::arg("text"), py::arg("pattern"), "Pieces of `text` under a pre-tokenization pattern (for tests).");
   m.def(
       "pretokenize_cut",
-      [](py::handle text, const std::string& pattern, size_t from) {
+      [](py::handle text, const std::string& pattern, size_t from, std::optional<size_t> to) {
         Utf8 s = utf8_of(text);
-        return fastllm::make_pretokenizer(pattern)->cut_at_or_after(s.view, from);
+        return fastllm::make_pretokenizer(pattern)->cut_at_or_after(s.view, from, to.value_or(s.view.size()));
       },
-      py::arg("text"), py::arg("pattern"), py::arg("from_byte"),
-      "The first UTF-8 offset >= from_byte where the pattern's pieces of `text` separate into those of the two "
-      "halves (a long text is pre-tokenized in such parts on threads), or the text's length if it knows of none "
-      "(for tests).");
+      py::arg("text"), py::arg("pattern"), py::arg("from_byte"), py::arg("to_byte") = py::none(),
+      "The first UTF-8 offset in [from_byte, to_byte) where the pattern's pieces of `text` separate into those of "
+      "the two halves (a long text is pre-tokenized in such parts on threads), or the text's length if it knows of "
+      "none there (for tests).");
   m.def(
       "piece_parts", [](size_t n) { return fastllm::PieceThreads::hardware().parts(n); }, py::arg("nbytes"),
       "Into how many parts (threads) a single call cuts a piece of `nbytes` bytes by default (benchmarks).");

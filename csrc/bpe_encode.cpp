@@ -96,8 +96,10 @@ void CoreBPE::encode_ordinary(std::string_view text, std::vector<uint32_t>& out,
   const size_t parts = threads.parts(text.size());
   std::vector<size_t> cut{0};
   for (size_t i = 1; i < parts; ++i) {
-    const size_t share = i * text.size() / parts, c = pretokenizer_->cut_at_or_after(text, share);
-    if (c >= text.size() || c <= cut.back() || c - share > text.size() / (4 * parts)) break;
+    // within a quarter of a share past it: parts of about equal cost, or the text as one
+    const size_t share = i * text.size() / parts;
+    const size_t c = pretokenizer_->cut_at_or_after(text, share, share + text.size() / (4 * parts) + 1);
+    if (c >= text.size() || c <= cut.back()) break;
     cut.push_back(c);
   }
   if (parts < 2 || cut.size() < parts) {

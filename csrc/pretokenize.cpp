@@ -336,10 +336,11 @@ class BuiltinPretokenizer final : public Pretokenizer {
   // At a ' ' between two letters (\p{L}): every pattern's pieces with a letter are runs of letters, marks or
   // digits, which end before the space, and at the space the letters' alternative matches " y..." whatever came
   // before.
-  size_t cut_at_or_after(std::string_view text, size_t from) const override {
+  size_t cut_at_or_after(std::string_view text, size_t from, size_t to) const override {
     const Text t(text);
-    for (size_t i = std::max<size_t>(from, 1); i + 1 < text.size(); ++i) {
-      const void* space = std::memchr(text.data() + i, ' ', text.size() - 1 - i);
+    const size_t end = text.empty() ? 0 : std::min(to, text.size() - 1);  // a cut needs a byte after the space
+    for (size_t i = std::max<size_t>(from, 1); i < end; ++i) {
+      const void* space = std::memchr(text.data() + i, ' ', end - i);
       if (space == nullptr) break;
       i = static_cast<size_t>(static_cast<const char*>(space) - text.data());
       size_t start = i - 1;  // of the code point before the space

@@ -30,12 +30,12 @@ class Pretokenizer {
   virtual void split(std::string_view text, std::vector<Span>& out) const = 0;
   // The pattern as given (a built-in name or the regex source).
   virtual const std::string& pattern() const = 0;
-  // An offset c >= from where the text can be cut in two, its pieces being those of text[0, c) followed by those of
-  // text[c, end) moved by c (so both halves can be split on threads of their own); text.size() where the pattern
-  // knows of none. The built-in patterns cut at a space between two letters ("x| y"); a regex pattern knows of
-  // none.
-  virtual size_t cut_at_or_after(std::string_view text, size_t from) const {
-    (void)from;
+  // The first offset c in [from, to) where the text can be cut in two, its pieces being those of text[0, c)
+  // followed by those of text[c, end) moved by c (so both halves can be split on threads of their own); text.size()
+  // where the pattern knows of none there. The built-in patterns cut at a space between two letters ("x| y"); a
+  // regex pattern knows of none.
+  virtual size_t cut_at_or_after(std::string_view text, size_t from, size_t to) const {
+    (void)from, (void)to;
     return text.size();
   }
 };

@@ -422,6 +422,10 @@ def test_cuts_separate_pieces_at_letters_and_marks(name):
             found += assert_separates(text, name, start) < len(text.encode())
     assert found > 10
     assert pretokenize_cut("ab cd", name, 0) == 2
+    assert pretokenize_cut("ab cd ef", name, 3) == 5
+    assert pretokenize_cut("ab cd ef", name, 0, 3) == 2
+    assert pretokenize_cut("ab cd ef", name, 0, 2) == pretokenize_cut("ab cd ef", name, 3, 5) == 8  # none before `to`
+    assert pretokenize_cut("", name, 0) == 0
     assert pretokenize_cut("ab cd", r"\S+|\s+", 0) == 5  # a regex pattern knows of no cut
 
 
